@@ -1,0 +1,79 @@
+"""offline_assets: make the built book readable without a network connection.
+
+Loaded from ``_config.yml`` with ``sphinx: local_extensions: {offline_assets: book/_ext}``
+(Jupyter Book resolves that path relative to ``_config.yml`` and puts it on ``sys.path``).
+
+* MathJax 3.2.2 is served from ``_static/mathjax`` (copied from the PyPI package
+  ``django-static-mathjax``, import name ``mathjax``) instead of cdn.jsdelivr.net.
+* Saved ipywidgets state is rendered by a vendored ``@jupyter-widgets/html-manager`` 1.0.15
+  and ``require.js`` 2.3.7 (``book/_ext/static/vendor``, see ``LICENSES.txt`` there).
+  MyST-NB adds these two scripts only to pages that contain widgets.
+* ``$VAEBOOK_BOOK_EXECUTE`` (``off``, ``force``, ``cache`` or ``auto``) overrides
+  ``execute.execute_notebooks``; CI uses ``off`` for the ``-W`` build after nbval ran every chapter.
+
+The vendored files live in ``book/_ext/static``, not in a ``_static/`` folder of the book: Jupyter
+Book 1.x adds every ``*.js``/``*.css`` found under ``_static/`` to *every* page.
+See build_pitfalls.md, section 3.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.errors import ConfigError
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"  # book/_ext/static
+MATHJAX_TARGET = "mathjax"  # -> <outdir>/_static/mathjax/tex-mml-chtml.js
+EXECUTE_MODES = ("off", "force", "cache", "auto")
+
+
+def _mathjax_es5() -> Path:
+    """The ``es5/`` tree (MathJax 3 build) inside the installed ``mathjax`` package."""
+    import mathjax  # django-static-mathjax; imported lazily so a missing package gives a clear error
+
+    return Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
+
+
+def _on_config_inited(app: Sphinx, config: Config) -> None:
+    # Extra static folder, copied into <outdir>/_static (html_static_path is relative to confdir,
+    # an absolute path avoids any doubt about where Jupyter Book puts confdir).
+    if str(STATIC_DIR) not in config.html_static_path:
+        config.html_static_path.append(str(STATIC_DIR))
+    # Paths relative to _static are resolved by Sphinx's js-file machinery on every page depth.
+    config.mathjax_path = f"{MATHJAX_TARGET}/tex-mml-chtml.js"
+    config.nb_ipywidgets_js = {
+        "vendor/require.js": {},
+        # The attribute tells the manager where to fetch *third-party* widget modules; the core
+        # controls and the Output widget are bundled, so nothing is fetched for them.
+        "vendor/html-manager/embed-amd.js": {"data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/"},
+    }
+    # Execution mode override from the environment.
+    mode = os.environ.get("VAEBOOK_BOOK_EXECUTE", "").strip().lower()
+    if mode:
+        if mode not in EXECUTE_MODES:
+            raise ConfigError(f"VAEBOOK_BOOK_EXECUTE must be one of {EXECUTE_MODES}, got {mode!r}")
+        config.nb_execution_mode = mode
+        logger.info(f"[offline_assets] nb_execution_mode={mode!r} (from $VAEBOOK_BOOK_EXECUTE)")
+
+
+def _on_build_finished(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    target = Path(app.outdir) / "_static" / MATHJAX_TARGET
+    if (target / "tex-mml-chtml.js").is_file():
+        return  # already copied by an earlier build
+    shutil.copytree(_mathjax_es5(), target, dirs_exist_ok=True)
+    logger.info(f"[offline_assets] copied MathJax 3 to {target}")
+
+
+def setup(app: Sphinx) -> dict:
+    # Priority 900: after Jupyter Book and MyST-NB have set their defaults (500).
+    app.connect("config-inited", _on_config_inited, priority=900)
+    app.connect("build-finished", _on_build_finished)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

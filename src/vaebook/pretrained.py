@@ -1,0 +1,167 @@
+"""Small shipped checkpoints, and the command that reproduces each one.
+
+Training that does not fit a chapter's CPU budget runs here, once, and the chapter loads the result::
+
+    python -m vaebook.pretrained list
+    python -m vaebook.pretrained train ch01_vae50            # writes src/vaebook/checkpoints/ch01_vae50.pt
+    python -m vaebook.pretrained train ch01_vae50 --num-epochs 2 --out /tmp/smoke.pt   # a quick smoke run
+
+A checkpoint is a ``state_dict`` (a few MB) plus JSON metadata: the recipe, the per-epoch history, the final
+evaluation, the wall time and the versions. Chapters call :func:`load` with ``retrain=RETRAIN``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["RECIPES", "Recipe", "build_model", "train", "load", "checkpoint_path"]
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a checkpoint: model, data, optimisation and evaluation settings."""
+
+    description: str
+    latent_dim: int
+    hidden: tuple = (200, 200)
+    activation: str = "tanh"
+    num_epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_final: float = 1e-4  # cosine-free: exponential decay from lr to lr_final over the run
+    seed: int = 0
+    num_train: int | None = None  # None: all training images found
+    num_test: int | None = None  # None: all test images (for the test ELBO)
+    eval_k: int = 5000
+    eval_num_test: int = 1000  # test images for the k=eval_k IWAE bound (the ELBO uses the whole test set)
+    monitor_num_test: int = 1000  # test images for the per-epoch test ELBO curve
+
+
+RECIPES: dict[str, Recipe] = {
+    "ch01_vae50": Recipe(
+        description="Chapter 1: Bernoulli MLP VAE 784-200-200-50 (tanh), Burda et al.'s one-layer architecture; "
+                    "dynamically binarised MNIST training images, statically binarised test images",
+        latent_dim=50, num_epochs=150),
+}
+
+
+def checkpoint_path(name: str) -> Path:
+    return CHECKPOINT_DIR / f"{name}.pt"
+
+
+def _recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"name must be one of {sorted(RECIPES)}, got {name!r}")
+    return RECIPES[name]
+
+
+def build_model(name: str):
+    """The untrained model of recipe ``name`` (a :class:`vaebook.models.VAE`)."""
+    from .models import VAE
+
+    r = _recipe(name)
+    return VAE.mlp(latent_dim=r.latent_dim, hidden=r.hidden, activation=r.activation, binarize="dynamic")
+
+
+def train(name: str, out: str | Path | None = None, num_epochs: int | None = None, progress: bool = True,
+          root=None, **overrides) -> tuple[torch.nn.Module, dict]:
+    """Train recipe ``name`` from scratch, evaluate it, save it to ``out`` (default: the package's checkpoint).
+
+    ``overrides`` replace fields of the :class:`Recipe` (e.g. ``num_train=500, eval_k=10`` for a smoke test).
+    """
+    from .data import load_mnist
+    from .metrics import evaluate
+    from .train import fit, save_checkpoint
+
+    r = dataclasses.replace(_recipe(name), **overrides)
+    epochs = r.num_epochs if num_epochs is None else num_epochs
+    torch.manual_seed(r.seed)
+    x_train, _ = load_mnist("train", root=root)
+    if r.num_train is not None:
+        x_train = x_train[: r.num_train]
+    x_test, _ = load_mnist("test", root=root, binarize="static")
+    if r.num_test is not None:
+        x_test = x_test[: r.num_test]
+    gen = torch.Generator().manual_seed(r.seed)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=r.batch_size,
+                                         shuffle=True, generator=gen)
+    model = build_model(name)
+    model.dec.init_bias(x_train)
+    opt = torch.optim.Adam(model.parameters(), lr=r.lr)
+    gamma = (r.lr_final / r.lr) ** (1.0 / max(epochs, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    monitor = x_test[: r.monitor_num_test]
+
+    def val_fn(m, x):
+        return {"elbo": m.elbo(x)["elbo"].mean().item()}
+
+    hist = fit(model, loader, epochs, optimizer=opt, scheduler=sched, val_data=monitor, val_fn=val_fn,
+               seed=r.seed, progress=progress)
+    t0 = time.perf_counter()
+    x_train_bin = torch.bernoulli(x_train[: len(x_test)], generator=torch.Generator().manual_seed(1))
+    ev_train = evaluate(model, x_train_bin)
+    ev_test = evaluate(model, x_test)
+    ev_iwae = evaluate(model, x_test[: r.eval_num_test], k=r.eval_k)
+    meta = {
+        "name": name, "recipe": dataclasses.asdict(r), "num_epochs": epochs, "num_train": len(x_train),
+        "num_test": len(x_test), "history": hist.to_dict(),
+        "eval": {"train_elbo": ev_train["elbo"], "train_elbo_se": ev_train["elbo_se"],
+                 "test_elbo": ev_test["elbo"], "test_elbo_se": ev_test["elbo_se"],
+                 "test_iwae": ev_iwae["iwae"], "test_iwae_se": ev_iwae["iwae_se"], "iwae_k": r.eval_k,
+                 "iwae_num_test": ev_iwae["n"], "eval_seconds": time.perf_counter() - t0},
+        "train_seconds": hist.seconds, "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "command": f"python -m vaebook.pretrained train {name}" + (f" --num-epochs {epochs}" if num_epochs else ""),
+    }
+    path = Path(out) if out is not None else checkpoint_path(name)
+    save_checkpoint(model, path, **meta)
+    return model, meta
+
+
+def load(name: str, retrain: bool = False, path: str | Path | None = None, progress: bool = True):
+    """``(model, meta)`` for recipe ``name``: the shipped checkpoint, or a fresh training run if ``retrain``.
+
+    With ``retrain=True`` the model is trained as ``python -m vaebook.pretrained train NAME`` would, but the
+    result is saved beside the chapter (``./NAME.pt``) rather than over the shipped file.
+    """
+    from .train import load_checkpoint
+
+    if retrain:
+        return train(name, out=path or Path(f"{name}.pt"), progress=progress)
+    model = build_model(name)
+    meta = load_checkpoint(model, path or checkpoint_path(name))
+    model.eval()
+    return model, meta
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vaebook.pretrained", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list the recipes")
+    t = sub.add_parser("train", help="train a recipe and save its checkpoint")
+    t.add_argument("name", choices=sorted(RECIPES))
+    t.add_argument("--out", default=None, help="where to write (default: the package's checkpoints folder)")
+    t.add_argument("--num-epochs", type=int, default=None, help="override the recipe's epochs (smoke runs)")
+    t.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for k, r in RECIPES.items():
+            print(f"{k}: {r.description} ({r.num_epochs} epochs)")
+        return 0
+    _, meta = train(args.name, out=args.out, num_epochs=args.num_epochs, progress=not args.no_progress)
+    print(json.dumps(meta["eval"], indent=2))
+    print(f"trained in {meta['train_seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

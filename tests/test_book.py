@@ -1,0 +1,113 @@
+"""The book's structure: notebooks committed without outputs, _toc.yml and book/ in agreement, Colab links and
+setup cells consistent with _config.yml, and the strict (-W) Jupyter Book build.
+
+The -W build runs with execution off (``VAEBOOK_BOOK_EXECUTE=off``): nbval executes every chapter in the same test
+run, so executing them a second time here would double CI's time. The README's build command executes everything.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+
+
+def _yaml(path):
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def notebooks():
+    return sorted(p for p in BOOK.glob("*.ipynb"))
+
+
+def toc_files():
+    toc = _yaml(ROOT / "_toc.yml")
+    files = [toc["root"]]
+
+    def walk(entries):
+        for e in entries:
+            if "file" in e:
+                files.append(e["file"])
+            walk(e.get("sections", []))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    walk(toc.get("chapters", []))
+    return files
+
+
+def test_there_are_chapters():
+    assert any(p.name.startswith("ch01") for p in notebooks())
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_notebook_committed_without_outputs(nb):
+    data = json.loads(nb.read_text())
+    for i, cell in enumerate(data["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{nb.name} cell {i} has stored outputs"
+            assert cell.get("execution_count") is None, f"{nb.name} cell {i} has an execution count"
+
+
+def test_toc_and_book_folder_list_the_same_pages():
+    listed = {f.split("/", 1)[1] if f.startswith("book/") else f for f in toc_files()}
+    on_disk = {p.stem for p in BOOK.glob("*.ipynb")} | {p.stem for p in BOOK.glob("*.md")}
+    listed = {Path(f).with_suffix("").as_posix() for f in listed}
+    assert on_disk == listed, f"only in book/: {on_disk - listed}; only in _toc.yml: {listed - on_disk}"
+
+
+def test_colab_links_and_setup_cells_match_config():
+    cfg = _yaml(ROOT / "_config.yml")
+    repo = cfg["repository"]["url"].rstrip("/")
+    slug = repo.split("github.com/")[1]
+    branch = cfg["repository"]["branch"]
+    for nb in notebooks():
+        cells = json.loads(nb.read_text())["cells"]
+        first_md = "".join(cells[0]["source"])
+        colab = f"https://colab.research.google.com/github/{slug}/blob/{branch}/book/{nb.name}"
+        assert colab in first_md, f"{nb.name}: the Colab badge must point to {colab}"
+        setup = next(c for c in cells if c["cell_type"] == "code")
+        src = "".join(setup["source"])
+        assert '"google.colab" in sys.modules' in src, f"{nb.name}: the setup cell must be guarded"
+        assert f"git+{repo}" in src, f"{nb.name}: the setup cell must install from {repo}"
+        # never reinstall the heavy packages that Colab provides
+        assert "--no-deps" in src and not re.search(r"install[^\n]*\b(torch|numpy|matplotlib)\b", src)
+        assert "hide-cell" in setup.get("metadata", {}).get("tags", [])
+
+
+def test_every_chapter_verifies_itself_and_has_exercises():
+    for nb in notebooks():
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        assert code.count("assert ") >= 5, f"{nb.name}: a chapter checks its derivations with asserts"
+        assert text.count("{exercise-start}") >= 3, f"{nb.name}: at least three exercises"
+        assert text.count("{solution-start}") == text.count("{exercise-start}")
+        assert ":class: dropdown" in text
+
+
+def test_strict_book_build(tmp_path):
+    """``jupyter-book build -W -n --keep-going`` (execution off) on a copy of the book: no warning allowed."""
+    jb = shutil.which("jupyter-book")
+    if jb is None:
+        pytest.skip("jupyter-book is not installed (pip install -e '.[book]')")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "_build", "data", "tests", "src",
+                                                             ".pytest_cache", "__pycache__", ".ipynb_checkpoints"))
+    env = dict(os.environ, VAEBOOK_BOOK_EXECUTE="off")
+    proc = subprocess.run([jb, "build", "--all", "-W", "-n", "--keep-going", str(src)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    html = src / "_build" / "html"
+    assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file(), "MathJax 3 is served locally"
+    for nb in notebooks():
+        page = (html / "book" / f"{nb.stem}.html").read_text()
+        assert "tex-mml-chtml.js" in page and "cdn.jsdelivr.net/npm/mathjax" not in page
+        assert f"colab.research.google.com/github/" in page
