@@ -250,13 +250,25 @@ def test_missing_files_offline(tmp_path):
 
 def test_missing_files_offline_lists_default_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("VAEBOOK_DATA", str(tmp_path / "env"))
-    monkeypatch.setattr(D, "_REPO_ROOT", tmp_path / "repo")
+    repo = tmp_path / "repo"
+    (repo / "src" / "vaebook").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    monkeypatch.setattr(D, "_REPO_ROOT", repo)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as e:
         D.load_mnist("train")
     msg = str(e.value)
-    for p in (tmp_path / "env" / "mnist", tmp_path / "repo" / "data" / "mnist", tmp_path / "data" / "mnist"):
+    for p in (tmp_path / "env" / "mnist", repo / "data" / "mnist", tmp_path / "data" / "mnist"):
         assert str(p) in msg
+
+
+def test_installed_package_downloads_to_the_working_directory(tmp_path, monkeypatch):
+    # installed from a wheel (no clone around the package): no "<site-packages>/../data", but ./data/mnist
+    monkeypatch.delenv("VAEBOOK_DATA", raising=False)
+    monkeypatch.setattr(D, "_REPO_ROOT", tmp_path / "lib")
+    monkeypatch.chdir(tmp_path)
+    assert D._download_dirs(None) == [tmp_path / "data" / "mnist"]
+    assert tmp_path / "lib" / "data" / "mnist" not in D._search_dirs(None)
 
 
 def test_only_one_file_of_split_is_missing(tmp_path):

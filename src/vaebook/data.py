@@ -104,7 +104,7 @@ def _search_dirs(root) -> list[Path]:
         env = os.environ.get("VAEBOOK_DATA")
         if env:
             dirs += [Path(env) / "mnist", Path(env)]
-        dirs += [_REPO_ROOT / "data" / "mnist", Path.cwd() / "data" / "mnist"]
+        dirs += [*_repo_dirs(), Path.cwd() / "data" / "mnist"]
     out: list[Path] = []
     for d in dirs:
         d = d.expanduser()
@@ -121,8 +121,16 @@ def _download_dirs(root) -> list[Path]:
     env = os.environ.get("VAEBOOK_DATA")
     if env:
         dirs.append(Path(env).expanduser() / "mnist")
-    dirs.append(_REPO_ROOT / "data" / "mnist")
+    # in a clone: the repository's data/ folder; when installed from a wheel (e.g. on Colab): ./data/mnist
+    dirs += _repo_dirs() or [Path.cwd() / "data" / "mnist"]
     return dirs
+
+
+def _repo_dirs() -> list[Path]:
+    """``<repo>/data/mnist`` when the package runs from a clone (editable install), else nothing."""
+    if (_REPO_ROOT / "pyproject.toml").is_file() and (_REPO_ROOT / "src" / "vaebook").is_dir():
+        return [_REPO_ROOT / "data" / "mnist"]
+    return []
 
 
 def _find_file(directory: Path, base: str) -> Path | None:
@@ -325,12 +333,12 @@ def load_mnist(split: str = "train", root=None, binarize=False) -> tuple[torch.T
 
     1. ``root`` then ``root/mnist``, if ``root`` is given (nothing else is searched);
     2. ``$VAEBOOK_DATA/mnist`` then ``$VAEBOOK_DATA``, if the environment variable is set;
-    3. ``<repo>/data/mnist`` (found relative to this package: ``src/vaebook/../../data/mnist``);
+    3. ``<repo>/data/mnist`` when the package runs from a clone (``src/vaebook/../../data/mnist``);
     4. ``./data/mnist`` in the current working directory.
 
     If nothing is found and ``VAEBOOK_OFFLINE`` is not ``1``, the missing files of the full official set (all four)
     are downloaded from :data:`MNIST_MIRRORS` into the first writable of ``root``, ``$VAEBOOK_DATA/mnist``,
-    ``<repo>/data/mnist``; each file goes to a temporary name, its MD5 is checked against :data:`MNIST_MD5`, and only
+    ``<repo>/data/mnist`` (or ``./data/mnist`` when installed from a wheel, e.g. on Colab); each file goes to a temporary name, its MD5 is checked against :data:`MNIST_MD5`, and only
     then is it renamed. With ``VAEBOOK_OFFLINE=1`` no network call is made.
 
     Raises ``FileNotFoundError`` (listing the folders searched, the expected names and how to fix it) when the files

@@ -46,7 +46,29 @@ class Recipe:
     monitor_num_test: int = 1000  # test images for the per-epoch test ELBO curve
 
 
-RECIPES: dict[str, Recipe] = {
+@dataclasses.dataclass(frozen=True)
+class ExternalRecipe:
+    """A checkpoint whose model and training live in a chapter's module.
+
+    ``module`` must define ``build()`` (the untrained model) and ``train(out, num_epochs=None, progress=True)``
+    (train, evaluate, save with :func:`vaebook.train.save_checkpoint`, return ``(model, meta)``); the names of these
+    two functions are ``build`` and ``train`` unless given.
+    """
+
+    description: str
+    module: str
+    build: str = "build"
+    train: str = "train"
+    num_epochs: int | None = None
+
+    def functions(self):
+        import importlib
+
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.build), getattr(mod, self.train)
+
+
+RECIPES: dict[str, Recipe | ExternalRecipe] = {
     "ch01_vae50": Recipe(
         description="Chapter 1: Bernoulli MLP VAE 784-200-200-50 (tanh), Burda et al.'s one-layer architecture; "
                     "dynamically binarised MNIST training images, statically binarised test images",
@@ -65,10 +87,12 @@ def _recipe(name: str) -> Recipe:
 
 
 def build_model(name: str):
-    """The untrained model of recipe ``name`` (a :class:`vaebook.models.VAE`)."""
+    """The untrained model of recipe ``name``."""
     from .models import VAE
 
     r = _recipe(name)
+    if isinstance(r, ExternalRecipe):
+        return r.functions()[0]()
     return VAE.mlp(latent_dim=r.latent_dim, hidden=r.hidden, activation=r.activation, binarize="dynamic")
 
 
@@ -82,6 +106,9 @@ def train(name: str, out: str | Path | None = None, num_epochs: int | None = Non
     from .metrics import evaluate
     from .train import fit, save_checkpoint
 
+    if isinstance(_recipe(name), ExternalRecipe):
+        return _recipe(name).functions()[1](out=out if out is not None else checkpoint_path(name),
+                                           num_epochs=num_epochs, progress=progress, **overrides)
     r = dataclasses.replace(_recipe(name), **overrides)
     epochs = r.num_epochs if num_epochs is None else num_epochs
     torch.manual_seed(r.seed)

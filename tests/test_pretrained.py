@@ -1,0 +1,57 @@
+"""Shipped checkpoints load with weights_only=True and match their recipes; the training command works."""
+import json
+
+import pytest
+import torch
+
+from vaebook import pretrained
+from vaebook.train import CheckpointError
+
+
+@pytest.mark.parametrize("name", sorted(pretrained.RECIPES))
+def test_shipped_checkpoint_loads_and_is_small(name):
+    path = pretrained.checkpoint_path(name)
+    assert path.is_file(), f"{path} missing: run python -m vaebook.pretrained train {name}"
+    assert path.stat().st_size < 8_000_000, "checkpoints stay a few MB"
+    blob = torch.load(path, weights_only=True)  # nothing but tensors and strings inside
+    meta = json.loads(blob["meta"])
+    model, meta2 = pretrained.load(name)
+    assert meta == meta2 and meta["name"] == name
+
+
+def test_ch01_checkpoint_metadata_is_consistent(mnist_test):
+    model, meta = pretrained.load("ch01_vae50")
+    ev = meta["eval"]
+    # the IWAE bound is above the ELBO, and the shipped number is reproducible on the same images
+    assert ev["test_iwae"] > ev["test_elbo"]
+    assert ev["train_elbo"] >= ev["test_elbo"] - 3 * ev["test_elbo_se"]
+    x = mnist_test[0][:500]
+    elbo = model.elbo(x)["elbo"].mean().item()
+    assert abs(elbo - ev["test_elbo"]) < 4.0  # 500 of the 10,000 images: within a few nats
+    hist = meta["history"]["epoch_logs"]
+    assert len(hist["elbo"]) == meta["num_epochs"] and hist["elbo"][-1] > hist["elbo"][0]
+
+
+def test_training_command_smoke(tmp_path, mnist_test):
+    out = tmp_path / "smoke.pt"
+    model, meta = pretrained.train("ch01_vae50", out=out, num_epochs=1, progress=False, num_train=500,
+                                   num_test=200, eval_k=5, eval_num_test=50, monitor_num_test=50)
+    assert out.is_file() and meta["num_epochs"] == 1 and meta["num_train"] == 500
+    model2, meta2 = pretrained.load("ch01_vae50", path=out)
+    assert meta2["eval"] == meta["eval"]
+
+
+def test_cli_list(capsys):
+    assert pretrained.main(["list"]) == 0
+    assert "ch01_vae50" in capsys.readouterr().out
+
+
+def test_unknown_recipe_and_mismatched_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="name must be one of"):
+        pretrained.build_model("nope")
+    from vaebook.models import VAE
+    from vaebook.train import save_checkpoint
+
+    wrong = save_checkpoint(VAE.mlp(latent_dim=3, hidden=(8,)), tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        pretrained.load("ch01_vae50", path=wrong)
