@@ -1,0 +1,335 @@
+"""Course assignments: student editions of the chapters and an autograder.
+
+Conventions (the same as nbgrader's where they overlap, so that an instructor who knows nbgrader reads them at once):
+
+* An exercise is a gated sphinx-exercise block, ``{exercise-start}`` with a ``:label:`` ... ``{exercise-end}``, followed
+  by its solution, ``{solution-start} LABEL`` ... ``{solution-end}``.
+* Inside the solution, a code cell tagged ``graded`` is a **graded check** (``metadata.points``, default 1): it passes
+  on the reference solution and fails on the stub. It is kept in the student edition.
+* Every other code cell inside a solution is **solution code**. In the student edition the lines between
+  ``### BEGIN SOLUTION`` and ``### END SOLUTION`` are replaced by ``raise NotImplementedError(...)`` (nbgrader's markers);
+  a solution cell without markers is replaced by a stub as a whole. Solution prose is removed.
+
+Commands::
+
+    python -m vaebook.assignments student --out student/ [book/ch01_vae.ipynb ...]   # all chapters by default
+    python -m vaebook.assignments grade student/ch01_vae.ipynb --reference book/ch01_vae.ipynb --json result.json
+
+Grading executes the notebook top to bottom in a fresh kernel with a time limit, never stops at a failing cell, takes
+the graded checks from the reference chapter when one is given (so that an edited check cannot pass), and reports a
+score per exercise and in total (text, and JSON with ``--json``).
+
+Why not nbgrader or otter-grader themselves: both need a Jupyter server stack and their own database/configuration
+(nbgrader) or a chapter layout with ``# BEGIN QUESTION`` raw cells (otter) that would change how every chapter renders
+in the book. The book's chapters are already structured by sphinx-exercise blocks; this module reads that structure
+directly, keeps nbgrader's solution markers and autograder idea (checks as cells that raise), and writes notebooks that
+plain Jupyter, Colab and nbclient run unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Exercise", "find_exercises", "student_edition", "write_student_editions", "grade", "main"]
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+_EX_START = re.compile(r"```\{exercise-start\}[^\n]*\n(?::[^\n]*\n)*?:label:\s*(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
+_EX_END = re.compile(r"```\{exercise-end\}[^\n]*\n```[ \t]*\n?")
+_SOL_START = re.compile(r"```\{solution-start\}\s+(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
+_SOL_END = re.compile(r"```\{solution-end\}[^\n]*\n```[ \t]*\n?")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Exercise:
+    """One exercise: its label, the indices of its solution code cells and of its graded checks, and its points."""
+
+    label: str
+    solution_cells: list[int] = field(default_factory=list)
+    graded_cells: list[int] = field(default_factory=list)
+    points: list[float] = field(default_factory=list)
+
+    @property
+    def max_points(self) -> float:
+        return float(sum(self.points))
+
+
+def _src(cell) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _load(nb_or_path) -> dict:
+    if isinstance(nb_or_path, dict):
+        return nb_or_path
+    return json.loads(Path(nb_or_path).read_text())
+
+
+def find_exercises(nb) -> list[Exercise]:
+    """The exercises of a notebook (dict or path), in order, with their solution and graded cells."""
+    nb = _load(nb)
+    exercises: dict[str, Exercise] = {}
+    current = None
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "markdown":
+            text = _src(cell)
+            for m in _EX_START.finditer(text):
+                exercises.setdefault(m.group(1), Exercise(m.group(1)))
+            # walk the solution fences in order: a cell may close one solution and open the next
+            events = sorted([(m.start(), "start", m.group(1)) for m in _SOL_START.finditer(text)]
+                            + [(m.start(), "end", None) for m in _SOL_END.finditer(text)])
+            for _, kind, label in events:
+                if kind == "start":
+                    current = exercises.setdefault(label, Exercise(label))
+                else:
+                    current = None
+        elif cell["cell_type"] == "code" and cell.get("metadata", {}).get("exercise"):
+            # a student edition: the fences are gone, the cells carry their exercise's label
+            ex = exercises.setdefault(cell["metadata"]["exercise"], Exercise(cell["metadata"]["exercise"]))
+            if "graded" in _tags(cell):
+                ex.graded_cells.append(i)
+                ex.points.append(float(cell["metadata"].get("points", 1)))
+            else:
+                ex.solution_cells.append(i)
+        elif cell["cell_type"] == "code" and current is not None:
+            if "graded" in _tags(cell):
+                current.graded_cells.append(i)
+                current.points.append(float(cell.get("metadata", {}).get("points", 1)))
+            else:
+                current.solution_cells.append(i)
+    return list(exercises.values())
+
+
+def _stub(code: str, label: str) -> str:
+    """Replace each BEGIN/END SOLUTION region by a ``raise NotImplementedError`` at the region's indentation."""
+    lines = code.splitlines()
+    out, inside = [], False
+    for line in lines:
+        stripped = line.strip()
+        if stripped == BEGIN:
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}# YOUR CODE HERE")
+            out.append(f'{indent}raise NotImplementedError("exercise {label}")')
+            continue
+        if stripped == END:
+            inside = False
+            continue
+        if not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"exercise {label}: '{BEGIN}' without '{END}'")
+    return "\n".join(out) + ("\n" if code.endswith("\n") else "")
+
+
+def _strip_markdown(text: str, in_solution: bool) -> tuple[str, bool]:
+    """Remove solution prose and turn exercise fences into plain headings; return (text, still in a solution)."""
+    out, pos = [], 0
+    while pos <= len(text):
+        if in_solution:
+            m = _SOL_END.search(text, pos)
+            if m is None:
+                return "".join(out), True
+            pos, in_solution = m.end(), False
+            continue
+        m = _SOL_START.search(text, pos)
+        if m is None:
+            out.append(text[pos:])
+            break
+        out.append(text[pos:m.start()])
+        pos, in_solution = m.end(), True
+    body = "".join(out)
+    body = _EX_START.sub(lambda m: f"**Exercise `{m.group(1)}`.** ", body)
+    body = _EX_END.sub("", body)
+    return body, in_solution
+
+
+def student_edition(nb, source_name: str = "") -> dict:
+    """A copy of the notebook with solution code stubbed, solution prose removed and graded checks kept."""
+    nb = copy.deepcopy(_load(nb))
+    exercises = find_exercises(nb)
+    stub_cells = {i: ex.label for ex in exercises for i in ex.solution_cells}
+    graded = {i: ex.label for ex in exercises for i in ex.graded_cells}
+    cells, in_solution = [], False
+    for i, cell in enumerate(nb["cells"]):
+        cell = copy.deepcopy(cell)
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+            if i in stub_cells:
+                code = _src(cell)
+                if BEGIN in code:
+                    cell["source"] = _stub(code, stub_cells[i])
+                else:
+                    cell["source"] = (f"# Exercise {stub_cells[i]}: write your code here.\n"
+                                      f'raise NotImplementedError("exercise {stub_cells[i]}")\n')
+                cell.setdefault("metadata", {})["tags"] = [t for t in _tags(cell) if t != "solution"] + ["answer"]
+                cell["metadata"]["exercise"] = stub_cells[i]
+            elif i in graded:
+                cell["source"] = _src(cell)
+                cell.setdefault("metadata", {})["exercise"] = graded[i]
+            cells.append(cell)
+            continue
+        if cell["cell_type"] == "markdown":
+            text, in_solution = _strip_markdown(_src(cell), in_solution)
+            if text.strip():
+                cell["source"] = text
+                cells.append(cell)
+            continue
+        cells.append(cell)
+    header = {"cell_type": "markdown", "metadata": {}, "source":
+              f"*Student edition of `{source_name or 'this chapter'}`, generated by `python -m vaebook.assignments "
+              "student`: the solutions are removed. Replace each `raise NotImplementedError` with your code; the cells "
+              "marked \"Graded check\" are run by the grader and must not be edited.*"}
+    nb["cells"] = [header] + cells
+    for c in nb["cells"]:
+        c.pop("id", None)
+    nb["nbformat"], nb["nbformat_minor"] = 4, 4
+    nb.setdefault("metadata", {})["vaebook_assignment"] = {
+        "source": source_name,
+        "exercises": [{"label": ex.label, "max_points": ex.max_points} for ex in exercises]}
+    return nb
+
+
+def _chapters(paths) -> list[Path]:
+    if paths:
+        return [Path(p) for p in paths]
+    return sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def write_student_editions(out, chapters=None) -> list[Path]:
+    """Write the student edition of each chapter (default: every chapter in ``book/``) into the folder ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in _chapters(chapters):
+        nb = student_edition(path, source_name=path.name)
+        target = out / path.name
+        target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        written.append(target)
+    return written
+
+
+def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 600.0, kernel_name: str = "python3",
+          cwd=None) -> dict:
+    """Execute a (student) notebook and score its graded checks.
+
+    Args:
+        path: the notebook to grade. reference: the official chapter; its graded checks replace the submission's
+            (matched by exercise label and order), so that editing a check cannot make it pass.
+        timeout: wall-clock limit for the whole notebook (s); cells not reached count as failed.
+        cell_timeout: limit per cell (s). cwd: working directory (default: the notebook's folder).
+
+    Returns:
+        ``{"notebook", "exercises": [{"label", "points", "max_points", "checks": [{"cell", "passed", "error"}]}],
+        "total", "max_total", "seconds", "errors_outside_checks"}``. A failing cell never stops the run.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    path = Path(path)
+    nb_dict = _load(path)
+    exercises = find_exercises(nb_dict)
+    if reference is not None:
+        ref_ex = {ex.label: ex for ex in find_exercises(reference)}
+        ref_nb = _load(reference)
+        for ex in exercises:
+            if ex.label in ref_ex:
+                for k, i in enumerate(ex.graded_cells):
+                    if k < len(ref_ex[ex.label].graded_cells):
+                        nb_dict["cells"][i]["source"] = _src(ref_nb["cells"][ref_ex[ex.label].graded_cells[k]])
+    nb = nbformat.reads(json.dumps(nb_dict), as_version=4)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    client = NotebookClient(nb, timeout=int(cell_timeout), kernel_name=kernel_name, allow_errors=False,
+                            interrupt_on_timeout=True,
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    status: dict[int, tuple[bool, str]] = {}
+    other_errors = 0
+    start = time.perf_counter()
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if time.perf_counter() - start > timeout:
+                status[i] = (False, f"not run: the notebook exceeded its time limit of {timeout:.0f} s")
+                continue
+            try:
+                client.execute_cell(cell, i)
+                status[i] = (True, "")
+            except CellTimeoutError:
+                status[i] = (False, f"cell timed out after {cell_timeout:.0f} s")
+            except CellExecutionError as e:
+                msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+                status[i] = (False, msg[-1] if msg else "error")
+            except DeadKernelError:
+                status[i] = (False, "the kernel died")
+                break
+    graded_idx = {i for ex in exercises for i in ex.graded_cells}
+    other_errors = sum(1 for i, (ok, _) in status.items() if not ok and i not in graded_idx)
+    result = {"notebook": str(path), "exercises": [], "total": 0.0, "max_total": 0.0,
+              "seconds": round(time.perf_counter() - start, 1), "errors_outside_checks": other_errors}
+    for ex in exercises:
+        checks = []
+        for i, pts in zip(ex.graded_cells, ex.points):
+            ok, err = status.get(i, (False, "not run"))
+            checks.append({"cell": i, "points": pts, "passed": ok, "error": err})
+        points = float(sum(c["points"] for c in checks if c["passed"]))
+        result["exercises"].append({"label": ex.label, "points": points, "max_points": ex.max_points,
+                                    "checks": checks})
+        result["total"] += points
+        result["max_total"] += ex.max_points
+    return result
+
+
+def _print_result(r: dict) -> None:
+    print(f"{r['notebook']}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)")
+    for ex in r["exercises"]:
+        if ex["max_points"] == 0:
+            print(f"  {ex['label']}: not auto-graded (no graded check)")
+            continue
+        print(f"  {ex['label']}: {ex['points']:g} / {ex['max_points']:g}")
+        for c in ex["checks"]:
+            if not c["passed"]:
+                print(f"    cell {c['cell']}: {c['error'][:200]}")
+    if r["errors_outside_checks"]:
+        print(f"  ({r['errors_outside_checks']} other cell(s) raised errors)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vaebook.assignments", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("student", help="write student editions (solutions removed)")
+    s.add_argument("chapters", nargs="*", help="chapter notebooks (default: every book/*.ipynb)")
+    s.add_argument("--out", required=True, help="output folder (e.g. student/, which the book build excludes)")
+    g = sub.add_parser("grade", help="execute a notebook and score its graded checks")
+    g.add_argument("notebook")
+    g.add_argument("--reference", default=None, help="the official chapter; its graded checks are used")
+    g.add_argument("--timeout", type=float, default=1200.0, help="limit for the whole notebook (s)")
+    g.add_argument("--cell-timeout", type=float, default=600.0, help="limit per cell (s)")
+    g.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    args = p.parse_args(argv)
+    if args.cmd == "student":
+        for path in write_student_editions(args.out, args.chapters):
+            print(path)
+        return 0
+    result = grade(args.notebook, reference=args.reference, timeout=args.timeout, cell_timeout=args.cell_timeout)
+    _print_result(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
