@@ -73,6 +73,10 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
         description="Chapter 1: Bernoulli MLP VAE 784-200-200-50 (tanh), Burda et al.'s one-layer architecture; "
                     "dynamically binarised MNIST training images, statically binarised test images",
         latent_dim=50, num_epochs=150),
+    "ch03_catvae": ExternalRecipe(
+        description="Chapter 3: categorical VAE, 20 variables x 10 classes, MLP 784-512-256-(20x10) (ReLU), "
+                    "Jang et al.'s categorical KL with relaxed samples and temperature annealing",
+        module="vaebook.discrete_vae", num_epochs=100),
 }
 
 
