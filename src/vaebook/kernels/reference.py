@@ -1,0 +1,144 @@
+r"""Plain-PyTorch references for the kernels of :mod:`vaebook.kernels` (Appendix "GPU kernels").
+
+Each function here is the *specification* of one Triton kernel: the kernel must agree with it to rounding error,
+and the tests and the appendix check exactly that. Two of the three references are the library's own functions,
+so their mathematics lives in one place only:
+
+* Gumbel-Softmax / Concrete sample with straight-through: :func:`vaebook.relaxed.gumbel_softmax` (Chapter 3).
+* the matched bound between diagonal Gaussian mixtures: :func:`vaebook.mixtures.kl_gmm` with
+  ``method="matched"`` (Chapter 2); :func:`matched_kl_reference` only builds the two ``MixtureSameFamily``
+  objects from tensors.
+
+The SVGD direction is written out densely below; the KSD reference is the mean of the Stein chapter's dense
+Stein-kernel matrix (:func:`vaebook.svgd.stein_kernel_matrix`), and the Stein chapter's blocked
+:func:`vaebook.svgd.svgd_direction` is a second reference for the SVGD kernel (tested). Notation (Stein chapter, notes §1.2-1.5):
+particles :math:`x_1..x_n\in\mathbb R^d` stacked in ``x`` ``(n, d)``, scores :math:`s_j=\nabla\log p(x_j)` in
+``score`` ``(n, d)``, the RBF kernel :math:`k(x,y)=\exp(-\|x-y\|^2/h)` with bandwidth :math:`h>0`.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+__all__ = [
+    "rbf_gram",
+    "svgd_direction_reference",
+    "ksd_reference",
+    "gumbel_softmax_reference",
+    "matched_kl_reference",
+]
+
+
+def _check_particles(x, score) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(x)
+    score = torch.as_tensor(score)
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must have shape (n, d) with n >= 1 and d >= 1, got {tuple(x.shape)}")
+    if score.shape != x.shape:
+        raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(score.shape)}")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    return x, score.to(x.dtype)
+
+
+def _bandwidth(x: torch.Tensor, bandwidth, rule: str = "code") -> float:
+    """``h`` as a Python float: ``bandwidth`` checked, or :func:`vaebook.svgd.median_bandwidth` with ``rule``."""
+    if bandwidth is None:
+        from ..svgd import median_bandwidth
+
+        return float(median_bandwidth(x.detach(), rule=rule))
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not (0 < bandwidth < math.inf):
+        raise ValueError(f"bandwidth must be a number > 0 (h in exp(-|x-y|^2/h)) or None, got {bandwidth!r}")
+    return float(bandwidth)
+
+
+def rbf_gram(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    r"""The dense kernel matrix :math:`K_{ij}=\exp(-\|x_i-y_j\|^2/h)`, ``(n, m)``: what the Triton kernels never form."""
+    d2 = (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)  # exact zeros on the diagonal (cdist is not)
+    return torch.exp(-d2 / bandwidth)
+
+
+def svgd_direction_reference(x, score, bandwidth=None) -> torch.Tensor:
+    r"""The SVGD direction, dense: :math:`\phi=\big(Ks+\tfrac2h(\mathrm{diag}(K\mathbf 1)\,x-Kx)\big)/n`.
+
+    This is :math:`\phi(x_i)=\frac1n\sum_j\big[k(x_j,x_i)\,s_j+\nabla_{x_j}k(x_j,x_i)\big]` (Liu & Wang 2016,
+    Algorithm 1) with :math:`\nabla_{x_j}k(x_j,x_i)=\tfrac2h(x_i-x_j)\,k(x_j,x_i)` for the RBF kernel: the first
+    term drives particles up the score, the second pushes them apart. Memory: the ``(n, n)`` matrix ``K``.
+
+    Args:
+        x: particles ``(n, d)``; score: :math:`\nabla\log p` at the particles, ``(n, d)``.
+        bandwidth: :math:`h>0`, or ``None`` for ``vaebook.svgd.median_bandwidth(x, rule="code")``.
+
+    Returns:
+        ``(n, d)``.
+    """
+    x, score = _check_particles(x, score)
+    h = _bandwidth(x, bandwidth)
+    k = rbf_gram(x, x, h)
+    n = x.shape[0]
+    return (k @ score + (2.0 / h) * (x * k.sum(1, keepdim=True) - k @ x)) / n
+
+
+def ksd_reference(x, score, bandwidth=None, statistic: str = "u") -> torch.Tensor:
+    r"""Squared kernelised Stein discrepancy, dense, RBF kernel :math:`k=\exp(-\|x-y\|^2/h)` (Stein chapter):
+    the mean of the Stein kernel matrix :func:`vaebook.svgd.stein_kernel_matrix`,
+
+    .. math:: u(x,y)=k(x,y)\Big[s_x^\top s_y+\tfrac2h(s_x-s_y)^\top(x-y)+\tfrac{2d}h-\tfrac4{h^2}\|x-y\|^2\Big],
+
+    over :math:`i\ne j` (``statistic="u"``, unbiased, may be slightly negative) or over all pairs (``"v"``, >= 0).
+
+    Args:
+        x, score: ``(n, d)`` (``n >= 2`` for the U-statistic); bandwidth: :math:`h>0` or ``None``
+        (``vaebook.svgd.median_bandwidth(x, rule="ksd")``); statistic: ``"u"`` or ``"v"``.
+
+    Returns:
+        a 0-dim tensor.
+    """
+    from ..svgd import stein_kernel_matrix
+
+    x, score = _check_particles(x, score)
+    n = x.shape[0]
+    _check_statistic(statistic, n)
+    u = stein_kernel_matrix(x, score, _bandwidth(x, bandwidth, "ksd"))
+    if statistic == "u":
+        return (u.sum() - torch.diagonal(u).sum()) / (n * (n - 1))
+    return u.sum() / n**2
+
+
+def _check_statistic(statistic, n: int) -> None:
+    if statistic not in ("u", "v"):
+        raise ValueError(f"statistic must be 'u' or 'v', got {statistic!r}")
+    if statistic == "u" and n < 2:
+        raise ValueError("the U-statistic needs n >= 2 particles")
+
+
+def gumbel_softmax_reference(logits, tau, hard: bool = False, gumbel=None, generator=None) -> torch.Tensor:
+    r"""The reference Gumbel-Softmax / Concrete sample: :func:`vaebook.relaxed.gumbel_softmax` itself."""
+    from ..relaxed import gumbel_softmax
+
+    return gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator)
+
+
+def matched_kl_reference(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar) -> torch.Tensor:
+    r"""The matched bound (identity matching) between diagonal Gaussian mixtures, via
+    ``vaebook.mixtures.kl_gmm(q, p, method="matched")`` (Chapter 2):
+
+    .. math:: D_{\mathrm{match}}=\sum_k\pi^q_k\Big[\mathrm{KL}\big(\mathcal N(\mu^q_k,\sigma^{q2}_k)\,\|\,
+              \mathcal N(\mu^p_k,\sigma^{p2}_k)\big)+\log\pi^q_k-\log\pi^p_k\Big]\ \ge\ \mathrm{KL}(q\,\|\,p).
+
+    Args:
+        q_logits ``(..., K)``, q_mean ``(..., K, D)``, q_logvar ``(..., K, D)``; the ``p_*`` tensors broadcast
+        against them (e.g. a shared prior with shapes ``(K,)``, ``(K, D)``, ``(K, D)``).
+
+    Returns:
+        ``(...)``.
+    """
+    from ..mixtures import kl_gmm
+
+    def mix(logits, mean, logvar):
+        return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(mean, torch.exp(0.5 * logvar)), 1))
+
+    return kl_gmm(mix(q_logits, q_mean, q_logvar), mix(p_logits, p_mean, p_logvar), method="matched")
