@@ -77,6 +77,18 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
         description="Chapter 3: categorical VAE, 20 variables x 10 classes, MLP 784-512-256-(20x10) (ReLU), "
                     "Jang et al.'s categorical KL with relaxed samples and temperature annealing",
         module="vaebook.discrete_vae", num_epochs=100),
+    "ch09_vrnn": ExternalRecipe(
+        description="Chapter 9: VRNN (LSTM 128, z 16, 64-unit ReLU networks), Bernoulli output, binarised sequential MNIST",
+        module="vaebook.vrnn", build="build_vrnn", train="train_vrnn", num_epochs=8),
+    "ch09_lstm": ExternalRecipe(
+        description="Chapter 9: LSTM baseline (LSTM 128, 64-unit ReLU networks), Bernoulli output, binarised sequential MNIST",
+        module="vaebook.vrnn", build="build_lstm", train="train_lstm", num_epochs=8),
+    "ch09_gmvrnn_a": ExternalRecipe(
+        description="Chapter 9: GM-VRNN (a), 4-component mixture latent, Gumbel-softmax sample, matched-bound KL",
+        module="vaebook.vrnn", build="build_gmvrnn_a", train="train_gmvrnn_a", num_epochs=8),
+    "ch09_gmvrnn_b": ExternalRecipe(
+        description="Chapter 9: GM-VRNN (b), GMVAE-style latent per step (4 components, w_dim 8), four-term ELBO",
+        module="vaebook.vrnn", build="build_gmvrnn_b", train="train_gmvrnn_b", num_epochs=4),
 }
 
 
