@@ -89,6 +89,13 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
     "ch09_gmvrnn_b": ExternalRecipe(
         description="Chapter 9: GM-VRNN (b), GMVAE-style latent per step (4 components, w_dim 8), four-term ELBO",
         module="vaebook.vrnn", build="build_gmvrnn_b", train="train_gmvrnn_b", num_epochs=4),
+    "ch08_toy2d": ExternalRecipe(
+        description="Chapter 8: VAE and Soft-IntroVAE on the four 2-D toy densities (8gaussians, 2spirals, "
+                    "checkerboard, rings), 3 seeds each, reduced CPU setting, with all metrics in the metadata",
+        module="vaebook.introspective"),
+    "ch08_mnist": ExternalRecipe(
+        description="Chapter 8: MLP VAE and Soft-IntroVAE (784-400-32, Bernoulli decoder) on the MNIST training subset",
+        module="vaebook.introspective", build="build_mnist", train="train_mnist"),
 }
 
 
