@@ -83,6 +83,8 @@ def _cholesky(name: str, cov: torch.Tensor) -> torch.Tensor:
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"{name} must be a (..., D, D) covariance matrix, got shape {tuple(cov.shape)}")
     _check_nan(name, cov)
+    if torch.isinf(cov).any():
+        raise ValueError(f"{name} must be finite (a symmetric positive definite matrix)")
     c = cov.detach()
     if not torch.allclose(c, c.transpose(-1, -2), rtol=1e-5, atol=1e-8 * float(c.abs().max().clamp_min(1.0))):
         raise ValueError(f"{name} must be symmetric")
@@ -111,10 +113,17 @@ def _mvn_args(q_mean, q_cov, p_mean, p_cov):
                              f"got {tuple(cov.shape)}")
     if p_mean.shape[-1] != dim:
         raise ValueError(f"p_mean must have last dimension {dim}, got shape {tuple(p_mean.shape)}")
-    _check_nan("q_mean", q_mean)
-    _check_nan("p_mean", p_mean)
+    for name, t in (("q_mean", q_mean), ("p_mean", p_mean)):
+        _check_nan(name, t)
+        if torch.isinf(t).any():
+            raise ValueError(f"{name} must be finite")
     lq = _cholesky("q_cov", q_cov)
     lp = _cholesky("p_cov", p_cov)
+    try:
+        torch.broadcast_shapes(lq.shape[:-2], lp.shape[:-2], q_mean.shape[:-1], p_mean.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"the batch shapes of q_mean {tuple(q_mean.shape[:-1])}, q_cov {tuple(q_cov.shape[:-2])}, "
+                         f"p_mean {tuple(p_mean.shape[:-1])} and p_cov {tuple(p_cov.shape[:-2])} must broadcast") from None
     return q_mean, p_mean, lq, lp
 
 
@@ -148,7 +157,8 @@ def kl_mvn(q_mean, q_cov, p_mean=None, p_cov=None) -> torch.Tensor:
     maha = b.pow(2).sum((-1, -2))
     logdet_p = 2.0 * torch.log(torch.diagonal(lp, dim1=-2, dim2=-1)).sum(-1)
     logdet_q = 2.0 * torch.log(torch.diagonal(lq, dim1=-2, dim2=-1)).sum(-1)
-    return 0.5 * (trace + maha - dim + logdet_p - logdet_q)
+    # KL >= 0: trace + maha - D and the log-determinants cancel at (near) equality and can round below 0
+    return (0.5 * (trace + maha - dim + logdet_p - logdet_q)).clamp_min(0.0)
 
 
 def kl_categorical(q_logits, p_logits) -> torch.Tensor:
@@ -176,11 +186,17 @@ def kl_categorical(q_logits, p_logits) -> torch.Tensor:
     if q_logits.shape[-1] != p_logits.shape[-1]:
         raise ValueError(f"q_logits and p_logits must have the same number of categories K, "
                          f"got {q_logits.shape[-1]} and {p_logits.shape[-1]}")
+    try:
+        torch.broadcast_shapes(q_logits.shape, p_logits.shape)
+    except RuntimeError:
+        raise ValueError(f"q_logits and p_logits must broadcast, got shapes {tuple(q_logits.shape)} "
+                         f"and {tuple(p_logits.shape)}") from None
     log_q = torch.log_softmax(q_logits, -1)
     log_p = torch.log_softmax(p_logits, -1)
     q = log_q.exp()
     terms = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
-    return terms.sum(-1)
+    # KL >= 0: the sum of terms of both signs can round to a tiny negative number (e.g. -1e-34 in float32)
+    return terms.sum(-1).clamp_min(0.0)
 
 
 def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = None,
@@ -195,8 +211,11 @@ def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = Non
     Returns:
         the estimate, shape ``q.batch_shape``, or ``(estimate, stderr)`` if ``return_stderr``.
     """
-    if not isinstance(num_samples, int) or num_samples < 2:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+    if q.event_shape != p.event_shape:
+        raise ValueError(f"q and p must have the same event shape, got {tuple(q.event_shape)} and "
+                         f"{tuple(p.event_shape)}")
     if generator is not None:
         # torch.distributions has no generator argument: fork the global RNG and seed it from the generator.
         seed = int(torch.randint(0, 2**62, (), generator=generator))

@@ -147,6 +147,15 @@ def _tolerance(dtype: torch.dtype) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _scores(z: torch.Tensor, tau_e: torch.Tensor) -> torch.Tensor:
+    """``z / tau``; in rows where that overflows (a tau below about 1e-37 in float32: the largest score is +inf or
+    every score is -inf, and the softmax would be NaN), ``(z - max z) / tau`` instead, the same softmax with the largest
+    score at 0. Rows without overflow are ``z / tau`` bit for bit."""
+    scores = z / tau_e
+    bad = ~torch.isfinite(scores.detach().amax(-1, keepdim=True))  # no host sync: always a where
+    return torch.where(bad, (z - z.detach().amax(-1, keepdim=True)) / tau_e, scores)
+
+
 def sample_gumbel(shape, generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
                   device=None) -> torch.Tensor:
     r"""Standard Gumbel noise :math:`g=-\log(-\log U)`, :math:`U\sim\mathcal U(0,1)` (Chapter 3, Jang footnote 1).
@@ -235,7 +244,7 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None,
     """
     logits = _as_logits(logits, allow_neg_inf=True)
     tau_e = _event(_as_tau(tau, logits))
-    scores = (logits + _noise(logits, tau_e, gumbel, generator)) / tau_e
+    scores = _scores(logits + _noise(logits, tau_e, gumbel, generator), tau_e)
     y = torch.softmax(scores, dim=-1)
     if hard:
         y = _StraightThrough.apply(y, scores.detach().argmax(-1))
@@ -259,7 +268,7 @@ def exp_concrete_sample(logits, tau, gumbel=None, generator: torch.Generator | N
     """
     logits = _as_logits(logits, allow_neg_inf=True)
     tau_e = _event(_as_tau(tau, logits))
-    scores = (logits + _noise(logits, tau_e, gumbel, generator)) / tau_e
+    scores = _scores(logits + _noise(logits, tau_e, gumbel, generator), tau_e)
     return torch.log_softmax(scores, dim=-1)
 
 
@@ -300,6 +309,14 @@ def _check_log_y(log_y, logits: torch.Tensor, name: str = "log_y") -> torch.Tens
     return log_y
 
 
+def _check_batch(name: str, value: torch.Tensor, logits: torch.Tensor, tau: torch.Tensor) -> None:
+    try:
+        torch.broadcast_shapes(value.shape[:-1], logits.shape[:-1], tau.shape)
+    except RuntimeError:
+        raise ValueError(f"the batch shapes of {name} {tuple(value.shape[:-1])}, logits {tuple(logits.shape[:-1])} "
+                         f"and tau {tuple(tau.shape)} must broadcast") from None
+
+
 def exp_concrete_log_prob(log_y, logits, tau) -> torch.Tensor:
     r"""ExpConcrete log-density of :math:`Y=\log y` (Chapter 3; Maddison et al.'s ExpConcrete).
 
@@ -321,6 +338,7 @@ def exp_concrete_log_prob(log_y, logits, tau) -> torch.Tensor:
     logits = _as_logits(logits)
     tau = _as_tau(tau, logits)
     log_y = _check_log_y(log_y, logits)
+    _check_batch("log_y", log_y, logits, tau)
     return _exp_concrete_log_prob(log_y, logits, tau)
 
 
@@ -366,6 +384,7 @@ def concrete_log_prob(y, logits, tau) -> torch.Tensor:
             "(in float32 at small tau, softmax samples underflow to 0); use exp_concrete_sample and "
             "exp_concrete_log_prob, which work with log y"
         )
+    _check_batch("y", y, logits, tau)
     log_y = torch.log(y)
     return _exp_concrete_log_prob(log_y, logits, tau) - log_y.sum(-1)
 
@@ -691,6 +710,11 @@ def recab(q_logits, p_logits, *, tau_q=None, tau_p=None) -> torch.Tensor:
     K = q_logits.shape[-1]
     if p_logits.shape[-1] != K:
         raise ValueError(f"q_logits and p_logits must have the same number of categories, got {K} and {p_logits.shape[-1]}")
+    try:
+        torch.broadcast_shapes(q_logits.shape, p_logits.shape)
+    except RuntimeError:
+        raise ValueError(f"q_logits and p_logits must broadcast, got shapes {tuple(q_logits.shape)} "
+                         f"and {tuple(p_logits.shape)}") from None
     if (tau_q is None) != (tau_p is None):
         raise ValueError("pass both tau_q and tau_p (to check that they are equal) or neither")
     if tau_q is not None:

@@ -82,6 +82,8 @@ def _check_x(x) -> torch.Tensor:
         raise ValueError(f"x must have shape (..., n, d) with n, d >= 1, got {tuple(x.shape)}")
     if not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError("x must be finite (no NaN or inf among the particles)")
     return x
 
 
@@ -91,6 +93,8 @@ def _resolve_score(x: torch.Tensor, score) -> torch.Tensor:
         raise TypeError("score must be a tensor of the shape of x or a callable x -> such a tensor")
     if s.shape != x.shape:
         raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(s.shape)}")
+    if not bool(torch.isfinite(s.detach()).all()):
+        raise ValueError("score must be finite (no NaN or inf) at every particle")
     return s.to(x.dtype)
 
 
@@ -108,7 +112,13 @@ def _resolve_bandwidth(x: torch.Tensor, bandwidth, rule: str, median_sample: int
     h = torch.as_tensor(h, dtype=x.dtype, device=x.device)
     if not (torch.isfinite(h).all() and (h > 0).all()):
         raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
-    return h.expand(x.shape[:-2]) if h.ndim == 0 else torch.broadcast_to(h, x.shape[:-2])
+    if h.ndim == 0:
+        return h.expand(x.shape[:-2])
+    try:
+        return torch.broadcast_to(h, x.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"bandwidth must be a number or a tensor broadcastable to x.shape[:-2] = "
+                         f"{tuple(x.shape[:-2])}, got shape {tuple(h.shape)}") from None
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
