@@ -128,15 +128,17 @@ def test_student_editions_are_excluded_from_the_book_and_tests():
     assert "/student/" in (ROOT / ".gitignore").read_text()
 
 
-@pytest.mark.skipif(os.environ.get("VAEBOOK_GRADE_CHAPTERS", "all") == "none", reason="VAEBOOK_GRADE_CHAPTERS=none")
+@pytest.mark.skipif(os.environ.get("VAEBOOK_GRADE_CHAPTERS", "ch01") == "none", reason="VAEBOOK_GRADE_CHAPTERS=none")
 @pytest.mark.parametrize("chapter", [c for c in CHAPTERS
-                                     if os.environ.get("VAEBOOK_GRADE_CHAPTERS", "all") in ("all", c.stem[:4])],
+                                     if os.environ.get("VAEBOOK_GRADE_CHAPTERS", "ch01") in ("all", c.stem[:4])],
                          ids=lambda p: p.name)
 def test_grading_a_real_chapter(chapter, tmp_path, mnist_test):
     """Grading the reference gives full marks; the untouched student edition gets zero and does not crash.
 
-    Executes each chapter twice more (nbval runs it once). ``VAEBOOK_GRADE_CHAPTERS=ch03`` grades one chapter,
-    ``none`` skips these tests (for quick local runs).
+    Executes each chapter twice more (nbval runs it once, and a failing graded check fails nbval too). By default
+    only Chapter 1 is graded here: under heavy load nbclient was seen to stall (client and kernel both idle until the
+    cell timeout), which would cost CI 10 minutes per stall. ``VAEBOOK_GRADE_CHAPTERS=all`` grades every chapter,
+    ``ch03`` one chapter, ``none`` none.
     """
     full = A.grade(chapter, timeout=900)
     assert full["total"] == full["max_total"] > 0, full

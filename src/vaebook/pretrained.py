@@ -82,6 +82,11 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
                     "the discrete KL by the closed-form bound with free bits; its metadata holds the comparison "
                     "over 3 seeds x 4 discrete KL terms",
         module="vaebook.recab_vae", num_epochs=10),
+    "ch07_ldc": ExternalRecipe(
+        description="Chapter 7: LDC-VAE as formalised in the book: implicit noise-input encoder (784-200-200 trunk, "
+                    "200-unit residual head, K=8 particles) trained by amortized SVGD on the Gibbs posterior "
+                    "p(z) p(x|z); Bernoulli decoder 50-200-200-784 (tanh) trained on the particles",
+        module="vaebook.ldc", num_epochs=150),
     "ch09_vrnn": ExternalRecipe(
         description="Chapter 9: VRNN (LSTM 128, z 16, 64-unit ReLU networks), Bernoulli output, binarised sequential MNIST",
         module="vaebook.vrnn", build="build_vrnn", train="train_vrnn", num_epochs=8),
