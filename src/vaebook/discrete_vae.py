@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .divergences import kl_categorical
-from .models import MLP, BernoulliDecoder
+from .models import MLP, BatchMixin, BernoulliDecoder
 from .relaxed import (constant_tau_schedule, exp_concrete_log_prob, exp_concrete_sample, gumbel_max,
                       gumbel_softmax, recab, relaxed_kl_equal_tau_exact, sample_gumbel, tau_schedule)
 
@@ -197,7 +197,7 @@ class CategoricalLatent(nn.Module):
         return gumbel_max(self.prior_logits.detach().expand(n, -1, -1), generator=generator)
 
 
-class CategoricalVAE(nn.Module):
+class CategoricalVAE(BatchMixin, nn.Module):
     r"""VAE with ``num_vars`` x ``num_classes`` categorical latents (Chapter 3; Jang et al. 2017 §4.2).
 
     Args:
@@ -257,16 +257,6 @@ class CategoricalVAE(nn.Module):
         """Decoder distribution for codes ``(..., N, K)`` (flattened to ``(..., N*K)``)."""
         return self.dec(z.flatten(start_dim=-2))
 
-    def _device(self):
-        return next(self.parameters()).device
-
-    def _prepare(self, x):
-        if isinstance(x, (list, tuple)):
-            x = x[0]
-        x = x.to(self._device())
-        if self.binarize == "dynamic" and self.training:
-            x = torch.bernoulli(x)
-        return x
 
     # -- objectives ---------------------------------------------------------------------------------------------
     def elbo(self, x: torch.Tensor, num_samples: int = 1, discrete: bool | None = None,

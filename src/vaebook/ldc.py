@@ -29,7 +29,6 @@ standard error), both built on :func:`u_statistic`.
 """
 from __future__ import annotations
 
-import math
 import platform
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from .models import MLP, BernoulliDecoder
+from .models import MLP, BatchMixin, BernoulliDecoder
 from .svgd import amortized_svgd_loss, median_bandwidth, rbf_kernel, stein_kernel_matrix
 
 __all__ = [
@@ -124,7 +123,7 @@ def fitted_gaussian(z: torch.Tensor, inflate: float = 2.0, min_var: float = 1e-4
     return z.mean(-2), var.clamp_min(min_var).log()
 
 
-class LDCVAE(nn.Module):
+class LDCVAE(BatchMixin, nn.Module):
     r"""The book's formalisation of LDC-VAE (Chapter 7): Gibbs posterior + amortized-SVGD encoder + decoder on particles.
 
     Args:
@@ -155,16 +154,6 @@ class LDCVAE(nn.Module):
         self.latent_dim = latent_dim if latent_dim is not None else enc.latent_dim
         self.num_particles, self.lam, self.rule, self.binarize = num_particles, float(lam), rule, binarize
 
-    def _device(self):
-        return next(self.parameters()).device
-
-    def _prepare(self, x):
-        if isinstance(x, (list, tuple)):
-            x = x[0]
-        x = x.to(self._device())
-        if self.binarize == "dynamic" and self.training:
-            x = torch.bernoulli(x)
-        return x
 
     def prior(self) -> Independent:
         zero = torch.zeros(self.latent_dim, device=self._device())

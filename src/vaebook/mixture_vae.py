@@ -32,7 +32,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from .divergences import kl_normal_diag
 from .mixtures import kl_gmm
-from .models import MLP, BernoulliDecoder
+from .models import MLP, BatchMixin, BernoulliDecoder
 from .relaxed import gumbel_softmax
 
 __all__ = ["GumbelMixtureVAE", "GMVAE", "relaxed_mixture_sample", "cluster_accuracy", "kmeans"]
@@ -72,19 +72,8 @@ def relaxed_mixture_sample(logits, q_mean, q_logvar, tau, hard=False, num_sample
     return (v.unsqueeze(-1) * w).sum(-2), v
 
 
-class _Base(nn.Module):
-    """Shared pieces: data preparation (dynamic binarisation), device, reconstructions of a Bernoulli decoder."""
-
-    def _device(self):
-        return next(self.parameters()).device
-
-    def _prepare(self, x):
-        if isinstance(x, (list, tuple)):
-            x = x[0]
-        x = x.to(self._device())
-        if self.binarize == "dynamic" and self.training:
-            x = torch.bernoulli(x)
-        return x
+class _Base(BatchMixin, nn.Module):
+    """Shared base of the two mixture-latent models (batch handling from :class:`vaebook.models.BatchMixin`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

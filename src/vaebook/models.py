@@ -18,7 +18,7 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 from .divergences import kl_normal_diag
 
-__all__ = ["MLP", "GaussianEncoder", "BernoulliDecoder", "GaussianDecoder", "VAE"]
+__all__ = ["MLP", "GaussianEncoder", "BernoulliDecoder", "GaussianDecoder", "BatchMixin", "VAE"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
 
@@ -139,7 +139,24 @@ class GaussianDecoder(nn.Module):
         return self._params(z)[0]
 
 
-class VAE(nn.Module):
+class BatchMixin:
+    """Batch handling shared by every model of the book: ``_prepare(batch)`` takes a tensor or a ``(x, ...)`` tuple
+    from a DataLoader, moves ``x`` to the model's device and, if ``self.binarize == "dynamic"`` and the model is
+    training, draws a fresh binarisation (Burda et al.'s dynamic binarisation)."""
+
+    def _device(self):
+        return next(self.parameters()).device
+
+    def _prepare(self, x):
+        if isinstance(x, (list, tuple)):
+            x = x[0]
+        x = x.to(self._device())
+        if self.binarize == "dynamic" and self.training:
+            x = torch.bernoulli(x)
+        return x
+
+
+class VAE(BatchMixin, nn.Module):
     r"""The variational autoencoder of Chapter 1 with a standard normal prior.
 
     ``elbo(x)`` returns per-example terms of eq. ``elbo`` of Chapter 1,
@@ -207,16 +224,6 @@ class VAE(nn.Module):
         q = Independent(Normal(q_mean, torch.exp(0.5 * q_logvar)), 1)
         return (q.log_prob(z) - self.prior().log_prob(z)).mean(0)
 
-    def _device(self):
-        return next(self.parameters()).device
-
-    def _prepare(self, x):
-        if isinstance(x, (list, tuple)):
-            x = x[0]
-        x = x.to(self._device())
-        if self.binarize == "dynamic" and self.training:
-            x = torch.bernoulli(x)
-        return x
 
     # -- objectives ---------------------------------------------------------------------------------------------
     def elbo(self, x: torch.Tensor, num_samples: int = 1) -> dict[str, torch.Tensor]:
