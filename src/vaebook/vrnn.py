@@ -251,17 +251,7 @@ class _RecurrentLatent(nn.Module):
         self.eval()
         try:
             dev = self._device()
-            out = torch.zeros(num, T, self.x_dim, device=dev)
-            t0 = 0
-            if prime is not None:
-                prime = torch.as_tensor(prime, dtype=out.dtype, device=dev)
-                if prime.dim() == 2:
-                    prime = prime.expand(num, *prime.shape)
-                if prime.dim() != 3 or prime.shape[0] != num or prime.shape[2] != self.x_dim or prime.shape[1] > T:
-                    raise ValueError(f"prime must be (T0, {self.x_dim}) or ({num}, T0, {self.x_dim}) with T0 <= {T}, "
-                                     f"got {tuple(prime.shape)}")
-                t0 = prime.shape[1]
-                out[:, :t0] = prime
+            out, t0 = _output_buffer(num, T, self.x_dim, prime, dev)
             state = self.init_state(num)
             for t in range(T):
                 h = state[0]
@@ -279,6 +269,24 @@ class _RecurrentLatent(nn.Module):
             return out
         finally:
             self.train(was)
+
+
+def _output_buffer(num: int, T: int, x_dim: int, prime, device) -> tuple[torch.Tensor, int]:
+    """The ``(num, T, x_dim)`` buffer a generator fills, with the priming rows copied in; returns it and their count.
+
+    ``prime`` is ``None``, ``(T0, x_dim)`` (shared by all sequences) or ``(num, T0, x_dim)`` with ``T0 <= T``.
+    """
+    out = torch.zeros(num, T, x_dim, device=device)
+    if prime is None:
+        return out, 0
+    prime = torch.as_tensor(prime, dtype=out.dtype, device=device)
+    if prime.dim() == 2:
+        prime = prime.expand(num, *prime.shape)
+    if prime.dim() != 3 or prime.shape[0] != num or prime.shape[2] != x_dim or prime.shape[1] > T:
+        raise ValueError(f"prime must be (T0, {x_dim}) or ({num}, T0, {x_dim}) with T0 <= {T}, "
+                         f"got {tuple(prime.shape)}")
+    out[:, :prime.shape[1]] = prime
+    return out, prime.shape[1]
 
 
 class VRNN(_RecurrentLatent):
@@ -559,17 +567,7 @@ class LSTMBaseline(nn.Module):
         if feed not in ("sample", "mean"):
             raise ValueError(f"feed must be 'sample' or 'mean', got {feed!r}")
         dev = self._device()
-        out = torch.zeros(num, T, self.x_dim, device=dev)
-        t0 = 0
-        if prime is not None:
-            prime = torch.as_tensor(prime, dtype=out.dtype, device=dev)
-            if prime.dim() == 2:
-                prime = prime.expand(num, *prime.shape)
-            if prime.dim() != 3 or prime.shape[0] != num or prime.shape[2] != self.x_dim or prime.shape[1] > T:
-                raise ValueError(f"prime must be (T0, {self.x_dim}) or ({num}, T0, {self.x_dim}) with T0 <= {T}, "
-                                 f"got {tuple(prime.shape)}")
-            t0 = prime.shape[1]
-            out[:, :t0] = prime
+        out, t0 = _output_buffer(num, T, self.x_dim, prime, dev)
         state = None
         x_prev = torch.zeros(num, 1, self.x_dim, device=dev)
         for t in range(T):
