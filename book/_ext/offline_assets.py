@@ -9,7 +9,12 @@ Loaded from ``_config.yml`` with ``sphinx: local_extensions: {offline_assets: bo
   and ``require.js`` 2.3.7 (``book/_ext/static/vendor``, see ``LICENSES.txt`` there).
   MyST-NB adds these two scripts only to pages that contain widgets.
 * ``$VAEBOOK_BOOK_EXECUTE`` (``off``, ``force``, ``cache`` or ``auto``) overrides
-  ``execute.execute_notebooks``; CI uses ``off`` for the ``-W`` build after nbval ran every chapter.
+  ``execute.execute_notebooks`` (``off`` builds the text in seconds).
+* Two JavaScript errors that every reader's console showed (found by ``tests/test_site.py``) are avoided: Jupyter
+  Book 1.0.4 makes sphinx-thebe add its inline ``const THEBE_JS_URL = ...`` script twice to every page
+  ("Identifier 'THEBE_JS_URL' has already been declared"), so identical inline scripts are dropped from each page;
+  and pydata-sphinx-theme logs "Got invalid theme mode" when ``default_mode`` is empty, so it is set to ``light``
+  (the figures have white backgrounds).
 
 The vendored files live in ``book/_ext/static``, not in a ``_static/`` folder of the book: Jupyter
 Book 1.x adds every ``*.js``/``*.css`` found under ``_static/`` to *every* page.
@@ -53,6 +58,10 @@ def _on_config_inited(app: Sphinx, config: Config) -> None:
         # controls and the Output widget are bundled, so nothing is fetched for them.
         "vendor/html-manager/embed-amd.js": {"data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/"},
     }
+    # An empty default_mode makes pydata-sphinx-theme log a console error on every page.
+    # (pydata-sphinx-theme reads it from html_context, not from the theme options.)
+    if not (config.html_context or {}).get("default_mode"):
+        config.html_context = {**(config.html_context or {}), "default_mode": "light"}
     # Execution mode override from the environment.
     mode = os.environ.get("VAEBOOK_BOOK_EXECUTE", "").strip().lower()
     if mode:
@@ -60,6 +69,22 @@ def _on_config_inited(app: Sphinx, config: Config) -> None:
             raise ConfigError(f"VAEBOOK_BOOK_EXECUTE must be one of {EXECUTE_MODES}, got {mode!r}")
         config.nb_execution_mode = mode
         logger.info(f"[offline_assets] nb_execution_mode={mode!r} (from $VAEBOOK_BOOK_EXECUTE)")
+
+
+def _drop_duplicate_inline_scripts(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    """Keep the first of identical inline scripts (sphinx-thebe's ``const`` declarations appear twice)."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, kept = set(), []
+    for js in scripts:
+        body = getattr(js, "attributes", {}).get("body") if not isinstance(js, str) else None
+        if body:
+            if body in seen:
+                continue
+            seen.add(body)
+        kept.append(js)
+    scripts[:] = kept
 
 
 def _on_build_finished(app: Sphinx, exception: Exception | None) -> None:
@@ -75,5 +100,6 @@ def _on_build_finished(app: Sphinx, exception: Exception | None) -> None:
 def setup(app: Sphinx) -> dict:
     # Priority 900: after Jupyter Book and MyST-NB have set their defaults (500).
     app.connect("config-inited", _on_config_inited, priority=900)
+    app.connect("html-page-context", _drop_duplicate_inline_scripts, priority=900)
     app.connect("build-finished", _on_build_finished)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -30,8 +30,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,8 +222,104 @@ def write_student_editions(out, chapters=None) -> list[Path]:
     return written
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, seconds) of a process, from /proc; None where that is not available."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class _StallWatch(threading.Thread):
+    """Kills the kernel when a cell has been running for ``stall_timeout`` s while the kernel used no CPU.
+
+    Why: under heavy load we saw, twice in many hours of grading, a cell "run" until its timeout with both the client
+    and the kernel idle: the execute request or its reply was stranded between the ZeroMQ sockets (ipykernel 7 moved
+    the shell channel to its own thread; ipykernel 7.4's own source documents one such wedge, fixed there). Waiting
+    for the cell timeout would cost up to ``cell_timeout`` seconds and then fail the student's exercise for nothing.
+    A kernel that is really computing uses CPU; one that waits for nothing for two minutes is stuck, so it is killed
+    and the notebook is graded again from the start in a fresh kernel (at most ``retries`` times). A cell that
+    legitimately sleeps or waits on I/O longer than ``stall_timeout`` would be taken for a stall: set it to 0 to
+    disable the watch.
+    """
+
+    def __init__(self, pid: int, stall_timeout: float, poll: float = 2.0):
+        super().__init__(daemon=True)
+        self.pid, self.stall_timeout, self.poll = pid, stall_timeout, poll
+        self.busy = threading.Event()  # set while a cell executes
+        self.stop = threading.Event()
+        self.stalled = False
+
+    def run(self) -> None:
+        last_cpu, last_change = None, time.monotonic()
+        while not self.stop.wait(self.poll):
+            cpu = _cpu_seconds(self.pid)
+            now = time.monotonic()
+            if cpu is None:
+                return  # no /proc (not Linux) or the kernel is gone: nothing to watch
+            if not self.busy.is_set() or last_cpu is None or cpu - last_cpu > 0.02:
+                last_cpu, last_change = cpu, now
+                continue
+            if now - last_change > self.stall_timeout:
+                self.stalled = True
+                try:
+                    os.kill(self.pid, signal.SIGKILL)  # nbclient notices the dead kernel within a second
+                except OSError:
+                    pass
+                return
+
+
+def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: str, cwd, stall_timeout: float):
+    """Run every code cell of ``nb`` in a fresh kernel. Returns ({cell index: (passed, error)}, seconds, stalled)."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    client = NotebookClient(nb, timeout=int(cell_timeout), kernel_name=kernel_name, allow_errors=False,
+                            interrupt_on_timeout=True,
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    status: dict[int, tuple[bool, str]] = {}
+    watch = None
+    start = time.perf_counter()
+    with client.setup_kernel():
+        pid = getattr(getattr(getattr(client.km, "provisioner", None), "process", None), "pid", None)
+        if stall_timeout and stall_timeout > 0 and pid is not None:
+            watch = _StallWatch(pid, stall_timeout)
+            watch.start()
+        try:
+            for i, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                if time.perf_counter() - start > timeout:
+                    status[i] = (False, f"not run: the notebook exceeded its time limit of {timeout:.0f} s")
+                    continue
+                if watch is not None:
+                    watch.busy.set()
+                try:
+                    client.execute_cell(cell, i)
+                    status[i] = (True, "")
+                except CellTimeoutError:
+                    status[i] = (False, f"cell timed out after {cell_timeout:.0f} s")
+                except CellExecutionError as e:
+                    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+                    status[i] = (False, msg[-1] if msg else "error")
+                except DeadKernelError:
+                    status[i] = (False, "the kernel died")
+                    break
+                finally:
+                    if watch is not None:
+                        watch.busy.clear()
+        finally:
+            if watch is not None:
+                watch.stop.set()
+    return status, time.perf_counter() - start, bool(watch and watch.stalled)
+
+
 def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 600.0, kernel_name: str = "python3",
-          cwd=None) -> dict:
+          cwd=None, stall_timeout: float = 120.0, retries: int = 1) -> dict:
     """Execute a (student) notebook and score its graded checks.
 
     Args:
@@ -228,15 +327,20 @@ def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 6
             (matched by exercise label and order), so that editing a check cannot make it pass.
         timeout: wall-clock limit for the whole notebook (s); cells not reached count as failed.
         cell_timeout: limit per cell (s). cwd: working directory (default: the notebook's folder).
+        stall_timeout: a kernel that used no CPU for this long while a cell was running is taken as stuck (see
+            ``_StallWatch``), killed, and the notebook is run again from the start, at most ``retries`` times.
+            0 disables this.
 
     Returns:
         ``{"notebook", "exercises": [{"label", "points", "max_points", "checks": [{"cell", "passed", "error"}]}],
-        "total", "max_total", "seconds", "errors_outside_checks"}``. A failing cell never stops the run.
+        "total", "max_total", "seconds", "errors_outside_checks", "attempts"}``. A failing cell never stops the run.
     """
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+    if timeout <= 0 or cell_timeout <= 0:
+        raise ValueError(f"timeout and cell_timeout must be > 0 seconds, got {timeout} and {cell_timeout}")
+    if stall_timeout < 0 or retries < 0:
+        raise ValueError(f"stall_timeout must be >= 0 s and retries >= 0, got {stall_timeout} and {retries}")
     path = Path(path)
     nb_dict = _load(path)
     exercises = find_exercises(nb_dict)
@@ -248,42 +352,31 @@ def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 6
                 for k, i in enumerate(ex.graded_cells):
                     if k < len(ref_ex[ex.label].graded_cells):
                         nb_dict["cells"][i]["source"] = _src(ref_nb["cells"][ref_ex[ex.label].graded_cells[k]])
-    nb = nbformat.reads(json.dumps(nb_dict), as_version=4)
-    for c in nb.cells:
-        if c.cell_type == "code":
-            c.outputs, c.execution_count = [], None
-    client = NotebookClient(nb, timeout=int(cell_timeout), kernel_name=kernel_name, allow_errors=False,
-                            interrupt_on_timeout=True,
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
-    status: dict[int, tuple[bool, str]] = {}
-    other_errors = 0
-    start = time.perf_counter()
-    with client.setup_kernel():
-        for i, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
-            if time.perf_counter() - start > timeout:
-                status[i] = (False, f"not run: the notebook exceeded its time limit of {timeout:.0f} s")
-                continue
-            try:
-                client.execute_cell(cell, i)
-                status[i] = (True, "")
-            except CellTimeoutError:
-                status[i] = (False, f"cell timed out after {cell_timeout:.0f} s")
-            except CellExecutionError as e:
-                msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
-                status[i] = (False, msg[-1] if msg else "error")
-            except DeadKernelError:
-                status[i] = (False, "the kernel died")
-                break
+    seconds, attempts = 0.0, 0
+    while True:
+        attempts += 1
+        nb = nbformat.reads(json.dumps(nb_dict), as_version=4)
+        status, took, stalled = _execute(nb, path, timeout, cell_timeout, kernel_name, cwd, stall_timeout)
+        seconds += took
+        if not stalled or attempts > retries:
+            break
+        print(f"{path.name}: the kernel stalled (no CPU for {stall_timeout:.0f} s during a cell); grading again "
+              "in a fresh kernel", file=sys.stderr)
+    missing = "not run"
+    if stalled:
+        why = f"the kernel stalled (no CPU for {stall_timeout:.0f} s during a cell) in every attempt"
+        status = {i: (ok, why if err == "the kernel died" else err) for i, (ok, err) in status.items()}
+        missing = f"not run: {why}"
+    elif any(err == "the kernel died" for _, err in status.values()):
+        missing = "not run: the kernel died"
     graded_idx = {i for ex in exercises for i in ex.graded_cells}
     other_errors = sum(1 for i, (ok, _) in status.items() if not ok and i not in graded_idx)
     result = {"notebook": str(path), "exercises": [], "total": 0.0, "max_total": 0.0,
-              "seconds": round(time.perf_counter() - start, 1), "errors_outside_checks": other_errors}
+              "seconds": round(seconds, 1), "errors_outside_checks": other_errors, "attempts": attempts}
     for ex in exercises:
         checks = []
         for i, pts in zip(ex.graded_cells, ex.points):
-            ok, err = status.get(i, (False, "not run"))
+            ok, err = status.get(i, (False, missing))
             checks.append({"cell": i, "points": pts, "passed": ok, "error": err})
         points = float(sum(c["points"] for c in checks if c["passed"]))
         result["exercises"].append({"label": ex.label, "points": points, "max_points": ex.max_points,
@@ -318,13 +411,16 @@ def main(argv=None) -> int:
     g.add_argument("--reference", default=None, help="the official chapter; its graded checks are used")
     g.add_argument("--timeout", type=float, default=1200.0, help="limit for the whole notebook (s)")
     g.add_argument("--cell-timeout", type=float, default=600.0, help="limit per cell (s)")
+    g.add_argument("--stall-timeout", type=float, default=120.0,
+                   help="a kernel idle (no CPU) this long during a cell is restarted and the notebook rerun (0: off)")
     g.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = p.parse_args(argv)
     if args.cmd == "student":
         for path in write_student_editions(args.out, args.chapters):
             print(path)
         return 0
-    result = grade(args.notebook, reference=args.reference, timeout=args.timeout, cell_timeout=args.cell_timeout)
+    result = grade(args.notebook, reference=args.reference, timeout=args.timeout, cell_timeout=args.cell_timeout,
+                   stall_timeout=args.stall_timeout)
     _print_result(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
