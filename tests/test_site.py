@@ -173,8 +173,10 @@ class Visit:
         self.external: list[str] = []
         self.failed: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        # "Failed to load resource" console errors are reported per request below (failed local requests, and
+        # external requests, which are all blocked); the blocked badges produce two such lines on every chapter.
         self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}")
-                     if m.type == "error" else None)
+                     if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
         self.page.on("requestfailed", lambda r: self.failed.append(f"{r.url} ({r.failure})")
                      if r.url.startswith(base) else None)
 
