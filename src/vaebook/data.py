@@ -388,6 +388,8 @@ def binarize_dynamic(x: torch.Tensor, generator: torch.Generator | None = None) 
     """
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating tensor of grey levels in [0, 1], got dtype {x.dtype}")
+    if not bool(((x >= 0) & (x <= 1)).all()):  # also catches NaN
+        raise ValueError("x must hold grey levels in [0, 1] (no NaN), got values outside that range")
     return torch.bernoulli(x, generator=generator)
 
 
@@ -444,6 +446,9 @@ def mnist_loaders(batch_size: int = 128, root=None, binarize=False, num_train: i
     ``binarize`` are as in :func:`load_mnist`; for dynamic binarisation call :func:`binarize_dynamic` on each batch.
     """
     batch_size = _positive_int("batch_size", batch_size)
+    for name, n in (("num_train", num_train), ("num_test", num_test)):  # before any file is read
+        if n is not None:
+            _positive_int(name, n)
     xtr, ytr = _first(*load_mnist("train", root=root, binarize=binarize), num_train, "num_train", "train")
     xte, yte = _first(*load_mnist("test", root=root, binarize=binarize), num_test, "num_test", "test")
     gen = torch.Generator().manual_seed(int(seed))
@@ -485,9 +490,12 @@ def _generator(seed) -> torch.Generator:
     if seed is None:
         g.seed()  # non-deterministic
     else:
-        if isinstance(seed, bool):
-            raise ValueError(f"seed must be an int, None or a torch.Generator, got {seed!r}")
-        g.manual_seed(operator.index(seed))
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            g.manual_seed(operator.index(seed))
+        except (TypeError, RuntimeError):
+            raise ValueError(f"seed must be an int, None or a torch.Generator, got {seed!r}") from None
     return g
 
 
@@ -565,6 +573,8 @@ def toy2d_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
     if x.ndim == 0 or x.shape[-1] != 2:
         raise ValueError(f"x must have shape (..., 2), got {tuple(x.shape)}")
+    if bool(torch.isnan(x).any()):
+        raise ValueError("x must not contain NaN (points of the plane, shape (..., 2))")
     if key == "8gaussians":
         mu = EIGHT_GAUSSIANS_CENTRES.to(dtype=x.dtype, device=x.device)
         var = EIGHT_GAUSSIANS_STD ** 2

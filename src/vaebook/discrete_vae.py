@@ -51,7 +51,9 @@ KL_CHOICES = ("categorical", "relaxed_mc", "relaxed_exact", "recab")
 
 def jang_schedule(tau0: float = 1.0, tau_min: float = 0.5, rate: float = 1e-4, every: int = 500) -> Callable:
     r"""Jang et al.'s annealing :math:`\tau(t)=\max(\tau_{\min},\tau_0e^{-rN\lfloor t/N\rfloor})` as a function of the
-    step (a ``functools.partial`` of :func:`vaebook.relaxed.tau_schedule`; picklable, printable)."""
+    step (a ``functools.partial`` of :func:`vaebook.relaxed.tau_schedule`; picklable, printable). The arguments are
+    checked here, not at the first step."""
+    tau_schedule(0, tau0, tau_min, rate, every)
     return functools.partial(tau_schedule, tau0=tau0, tau_min=tau_min, rate=rate, every=every)
 
 
@@ -70,8 +72,11 @@ class CategoricalEncoder(nn.Module):
     def __init__(self, data_dim: int, num_vars: int, param_dim: int, hidden: Sequence[int] = (512, 256),
                  activation: str = "relu"):
         super().__init__()
+        for name, v in (("data_dim", data_dim), ("num_vars", num_vars), ("param_dim", param_dim)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         self.num_vars, self.param_dim = int(num_vars), int(param_dim)
-        self.net = MLP(data_dim, hidden, self.num_vars * self.param_dim, activation)
+        self.net = MLP(int(data_dim), hidden, self.num_vars * self.param_dim, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.net(x.flatten(start_dim=1) if x.dim() > 2 else x)
@@ -112,8 +117,8 @@ class CategoricalLatent(nn.Module):
         if not callable(kl) and kl not in KL_CHOICES:
             raise ValueError(f"kl must be one of {KL_CHOICES} or a callable, got {kl!r}")
         if tau_prior is not None and kl in ("relaxed_exact", "recab", "categorical"):
-            raise ValueError(f"tau_prior is only used by kl='relaxed_mc' (the {kl!r} term has no prior temperature: "
-                             "it assumes equal temperatures or none)")
+            raise ValueError(f"tau_prior must be None unless kl='relaxed_mc' (the {kl!r} term has no prior "
+                             "temperature: it assumes equal temperatures or none)")
         if tau_prior is not None and not (isinstance(tau_prior, numbers.Real) and 0 < tau_prior < math.inf):
             raise ValueError(f"tau_prior must be None or a number > 0, got {tau_prior!r}")
         if prior not in ("uniform", "learned"):
@@ -228,6 +233,8 @@ class CategoricalVAE(BatchMixin, nn.Module):
                                                                           tau_prior, hard)
         self.num_vars, self.num_classes = self.latent.num_vars, self.latent.num_classes
         self.tau_schedule = _as_schedule(tau)
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (0 <= beta < math.inf):
+            raise ValueError(f"beta must be a number >= 0 and finite, got {beta!r}")
         self.beta, self.binarize = float(beta), binarize
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 

@@ -122,6 +122,16 @@ def _check_delta(delta) -> float:
     return float(delta)
 
 
+def _check_vector(t, name: str, min_size: int = 1) -> torch.Tensor:
+    """A floating tensor of shape ``(..., n)`` with ``n >= min_size`` and finite entries, or a ``ValueError``."""
+    t = _floating(t, name)
+    if t.dim() == 0 or t.shape[-1] < min_size:
+        raise ValueError(f"{name} must have shape (..., n) with n >= {min_size}, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return t
+
+
 def _event(t: torch.Tensor) -> torch.Tensor:
     """A batch-shaped tensor with a trailing singleton, so that it broadcasts against ``(..., K-1)``."""
     return t.unsqueeze(-1) if t.dim() else t
@@ -141,6 +151,7 @@ def log_softmax_pp(v: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
     i.e. ``log_softmax`` of :math:`(v_1,\dots,v_{K-1},\log\delta)`: finite for any finite ``v``.
     """
     delta = _check_delta(delta)
+    v = _check_vector(v, "v")
     last = torch.full_like(v[..., :1], math.log(delta))
     return torch.log_softmax(torch.cat([v, last], dim=-1), dim=-1)
 
@@ -154,6 +165,7 @@ def inverse_softmax_pp(log_x: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
     r"""Inverse of :func:`softmax_pp` from :math:`\log x`: :math:`v_k=\log x_k-\log x_K+\log\delta`, ``(..., K) ->
     (..., K-1)`` (Chapter 4, eq. ``ch04-inverse``)."""
     delta = _check_delta(delta)
+    log_x = _check_vector(log_x, "log_x", 2)
     return log_x[..., :-1] - log_x[..., -1:] + math.log(delta)
 
 
@@ -161,6 +173,7 @@ def stick_breaking(z: torch.Tensor) -> torch.Tensor:
     r"""Log stick pieces :math:`\log\pi`, ``(..., K-1) -> (..., K)``, from logits :math:`z` of the break fractions
     :math:`\eta_k=\mathrm{sigmoid}(z_k)`: :math:`\pi_k=\eta_k\prod_{j<k}(1-\eta_j)` for :math:`k<K` and the remainder
     :math:`\pi_K=\prod_{j<K}(1-\eta_j)` (Chapter 4, eq. ``ch04-sb``). Computed in log space (``logsigmoid``)."""
+    z = _check_vector(z, "z")
     log_eta = F.logsigmoid(z)
     log_rest = F.logsigmoid(-z)
     before = torch.cumsum(log_rest, dim=-1) - log_rest  # sum_{j<k} log(1 - eta_j)
@@ -169,6 +182,7 @@ def stick_breaking(z: torch.Tensor) -> torch.Tensor:
 
 def inverse_stick_breaking(log_pi: torch.Tensor) -> torch.Tensor:
     r"""Inverse of :func:`stick_breaking`: :math:`z_k=\log\pi_k-\log\sum_{j>k}\pi_j`, ``(..., K) -> (..., K-1)``."""
+    log_pi = _check_vector(log_pi, "log_pi", 2)
     tail = torch.logcumsumexp(log_pi.flip(-1), dim=-1).flip(-1)  # log sum_{j>=k} pi_j
     return log_pi[..., :-1] - tail[..., 1:]
 
@@ -176,6 +190,7 @@ def inverse_stick_breaking(log_pi: torch.Tensor) -> torch.Tensor:
 def sb_map(z: torch.Tensor) -> torch.Tensor:
     r"""The IGR-SB map :math:`h(z)=\lambda`, :math:`\lambda_k=\log\pi_k-\log\pi_K=z_k+\sum_{j>k}\mathrm{softplus}(z_j)`
     (Chapter 4, eq. ``ch04-sb-map``), ``(..., K-1) -> (..., K-1)``. Triangular with unit diagonal: volume preserving."""
+    z = _check_vector(z, "z")
     sp = F.softplus(z)
     tail = sp.flip(-1).cumsum(-1).flip(-1) - sp  # sum_{j>k} softplus(z_j)
     return z + tail
@@ -184,6 +199,7 @@ def sb_map(z: torch.Tensor) -> torch.Tensor:
 def sb_map_inverse(lam: torch.Tensor) -> torch.Tensor:
     r"""Inverse of :func:`sb_map`: the stick pieces are :math:`\pi=\mathrm{softmax}(\lambda,0)`, then
     :func:`inverse_stick_breaking`."""
+    lam = _check_vector(lam, "lam")
     log_pi = torch.log_softmax(torch.cat([lam, torch.zeros_like(lam[..., :1])], -1), -1)
     return inverse_stick_breaking(log_pi)
 
@@ -211,6 +227,8 @@ def sb_truncation_level(log_pi: torch.Tensor, threshold: float = 0.99, quantile:
         raise ValueError(f"quantile must be in [0, 100], got {quantile!r}")
     if log_pi.dim() == 0 or log_pi.shape[-1] < 2:
         raise ValueError(f"log_pi must have shape (..., K) with K >= 2, got shape {tuple(log_pi.shape)}")
+    if bool(torch.isnan(log_pi).any()):
+        raise ValueError("log_pi must not contain NaN (log stick pieces, <= 0)")
     km1 = log_pi.shape[-1] - 1
     cum = torch.logcumsumexp(log_pi[..., :-1].detach().double(), dim=-1).exp()  # (..., K-1)
     covered = cum > threshold
@@ -621,6 +639,11 @@ def igr_limit_probs(loc, scale, num_nodes: int = 5, panel: float = 1.5, u_max: f
     to sum to one. Differentiable in ``loc`` and ``scale``; computed in chunks (bounded memory).
     """
     loc, scale = _check_loc_scale(loc, scale)
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, numbers.Integral) or num_nodes < 1:
+        raise ValueError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
+    for name, v in (("panel", panel), ("u_max", u_max)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
+            raise ValueError(f"{name} must be a number > 0 and finite, got {v!r}")
     batch, km1 = loc.shape[:-1], loc.shape[-1]
     loc, scale = loc.reshape(-1, km1), scale.reshape(-1, km1)
     x, w = np.polynomial.legendre.leggauss(int(num_nodes))
@@ -691,6 +714,14 @@ def calibrate_uniform_prior(num_classes: int, family: str = "sb", scale: float =
     """
     if family not in ("sb", "I", "planar"):
         raise ValueError(f"family must be 'sb', 'I' or 'planar', got {family!r}")
+    for name, v, lo in (("num_classes", num_classes, 2), ("num_steps", num_steps, 0), ("num_samples", num_samples, 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    for name, v in (("scale", scale), ("tau", tau), ("lr", lr)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
+            raise ValueError(f"{name} must be a number > 0 and finite, got {v!r}")
+    if family == "planar" and not isinstance(flow, PlanarFlow):
+        raise ValueError(f"flow must be a PlanarFlow with dim = num_classes - 1 for family='planar', got {flow!r}")
     K = int(num_classes)
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(num_samples, K - 1, generator=g, dtype=torch.float64)

@@ -68,6 +68,14 @@ class IGRLatent(CategoricalLatent):
             raise ValueError(f"delta must be a number > 0, got {delta!r}")
         if isinstance(limit_samples, bool) or not isinstance(limit_samples, numbers.Integral) or limit_samples < 10:
             raise ValueError(f"limit_samples must be an int >= 10, got {limit_samples!r}")
+        if isinstance(num_flows, bool) or not isinstance(num_flows, numbers.Integral) or num_flows < 1:
+            raise ValueError(f"num_flows must be an int >= 1, got {num_flows!r}")
+        if isinstance(prior_scale, bool) or not isinstance(prior_scale, numbers.Real) or not 0 < prior_scale < math.inf:
+            raise ValueError(f"prior_scale must be a number > 0 and finite, got {prior_scale!r}")
+        lo_hi = tuple(log_scale_range)
+        if len(lo_hi) != 2 or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in lo_hi) \
+                or not lo_hi[0] < lo_hi[1]:
+            raise ValueError(f"log_scale_range must be two finite numbers (lo, hi) with lo < hi, got {log_scale_range!r}")
         self.family, self.delta, self.limit_samples = family, float(delta), int(limit_samples)
         self.exact_limit = bool(exact_limit)
         self.log_scale_range = tuple(float(v) for v in log_scale_range)

@@ -53,6 +53,10 @@ def reconstruction_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     :math:`\mathcal L_r` of eq. ``ch08-soft-losses`` (Chapter 8) for ``rec_loss="mse"``: for a Gaussian decoder of
     variance :math:`\sigma^2` it equals :math:`2\sigma^2(-\log p(x\mid z))` up to a constant.
     """
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, ...) with at least one feature dimension, got {tuple(x.shape)}")
+    if x_rec.shape != x.shape:
+        raise ValueError(f"x_rec must have the shape of x {tuple(x.shape)}, got {tuple(x_rec.shape)}")
     return (x - x_rec).pow(2).flatten(start_dim=1).sum(1)
 
 
@@ -125,8 +129,8 @@ class SoftIntroVAE(_Introspective):
         for name, v in (("beta_rec", beta_rec), ("beta_kl", beta_kl), ("beta_neg", beta_neg), ("scale", scale)):
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
-        if not (gamma_r >= 0):
-            raise ValueError(f"gamma_r must be >= 0, got {gamma_r!r}")
+        if not (0 <= gamma_r < math.inf):
+            raise ValueError(f"gamma_r must be >= 0 and finite, got {gamma_r!r}")
         self.beta_rec, self.beta_kl, self.beta_neg = float(beta_rec), float(beta_kl), float(beta_neg)
         self.gamma_r, self.scale = float(gamma_r), float(scale)
 
@@ -235,8 +239,11 @@ class IntroVAE(_Introspective):
     def __init__(self, enc, dec, latent_dim=None, margin: float = 120.0, w_rec: float = 0.05, w_kl: float = 1.0,
                  w_neg: float = 0.5, rec_loss: str = "mse"):
         super().__init__(enc, dec, latent_dim, rec_loss)
-        if not (margin > 0):
-            raise ValueError(f"margin must be > 0, got {margin!r}")
+        if not (0 < margin < math.inf):
+            raise ValueError(f"margin must be > 0 and finite, got {margin!r}")
+        for name, v in (("w_rec", w_rec), ("w_kl", w_kl), ("w_neg", w_neg)):
+            if not (0 <= v < math.inf):
+                raise ValueError(f"{name} must be a number >= 0 and finite, got {v!r}")
         self.margin, self.w_rec, self.w_kl, self.w_neg = float(margin), float(w_rec), float(w_kl), float(w_neg)
 
     def loss(self, batch):
@@ -302,8 +309,12 @@ def train_introspective(model: _Introspective, next_batch: Callable[[], torch.Te
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(num_iters, int) or num_iters < 0:
-        raise ValueError(f"num_iters must be a non-negative int, got {num_iters!r}")
+    for name, v, lo in (("num_iters", num_iters, 0), ("num_vae", num_vae, 0), ("log_every", log_every, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    for name, v in (("lr", lr), ("lr_d", lr if lr_d is None else lr_d)):
+        if not (0 < v < math.inf):
+            raise ValueError(f"{name} must be a number > 0 and finite, got {v!r}")
     if seed is not None:
         torch.manual_seed(seed)
     opt_e = torch.optim.Adam(model.enc.parameters(), lr=lr)
@@ -355,6 +366,8 @@ def toy2d_model(name: str, width: int = 64, depth: int = 4, latent_dim: int = 2,
     """The 2-D model of the reference code at a chosen width: ReLU MLPs with ``depth`` hidden layers, a 2-D latent,
     a deterministic decoder mean scored by squared error (a Gaussian with variance ½ for ``log_weights``), the
     recommended betas of ``name`` (:data:`TOY2D_BETAS`), ``gamma_r = 1e-8`` and ``s = 0.5``."""
+    if not isinstance(name, str) or name.lower() not in TOY2D_BETAS:
+        raise ValueError(f"name must be one of {sorted(TOY2D_BETAS)}, got {name!r}")
     hidden = (width,) * depth
     enc = GaussianEncoder(2, latent_dim, hidden, activation="relu")
     dec = GaussianDecoder(latent_dim, (2,), hidden, activation="relu", learn_var="fixed",
@@ -404,6 +417,9 @@ def energy(model, x: torch.Tensor, beta_rec: float = 1.0, beta_kl: float = 1.0) 
 def grid(lim: float, n: int) -> tuple[torch.Tensor, float]:
     """``(points, cell_area)``: the ``n x n`` cell centres of ``[-lim, lim]^2`` as ``(n*n, 2)`` (row ``i`` = y index,
     column ``j`` = x index, so ``values.reshape(n, n)`` is an image with ``origin="lower"``)."""
+    _check_lim(lim)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
     h = 2 * lim / n
     c = -lim + h * (torch.arange(n, dtype=torch.float32) + 0.5)
     yy, xx = torch.meshgrid(c, c, indexing="ij")
@@ -437,7 +453,7 @@ def grid_nll(model, x: torch.Tensor, lim: float, n: int = 256, beta_rec: float =
     x = x[(x.abs() <= lim).all(1)]
     _, log_z = grid_log_density(model, lim, n, beta_rec, beta_kl)
     nll = _energies(model, x, beta_rec=beta_rec, beta_kl=beta_kl).double() + log_z
-    return nll.mean().item(), (nll.std() / math.sqrt(len(nll))).item()
+    return nll.mean().item(), (nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else math.nan
 
 
 @torch.no_grad()
@@ -456,12 +472,23 @@ def reference_gnelbo(model, x: torch.Tensor, lim: float, n: int = 1024) -> float
     return (e_data / (e_grid.sum() + e_data.sum())).mean().item()
 
 
+def _check_lim(lim) -> None:
+    if isinstance(lim, bool) or not isinstance(lim, (int, float)) or not 0 < lim < math.inf:
+        raise ValueError(f"lim must be a number > 0 and finite (the square [-lim, lim]^2), got {lim!r}")
+
+
 def histogram2d(x: torch.Tensor, lim: float, bins: int = 100) -> np.ndarray:
     """Bin probabilities ``(bins, bins)`` of the points of ``x`` inside ``[-lim, lim]^2`` (they sum to 1)."""
+    _check_lim(lim)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
     x = np.asarray(x.detach().cpu().double() if torch.is_tensor(x) else x)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"x must have shape (N, 2), got {x.shape}")
     h, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]])
     if h.sum() == 0:
-        raise ValueError("no point of x lies inside the square")
+        raise ValueError(f"x must have at least one point inside the square [-lim, lim]^2 = [-{lim}, {lim}]^2 "
+                         "(no point of x lies inside it)")
     return h / h.sum()
 
 
@@ -472,6 +499,8 @@ def histogram_kl(x_real, x_fake, lim: float, bins: int = 100, smoothing: float =
     uniform one, :math:`q\leftarrow(1-\lambda)q+\lambda/B` (``smoothing`` :math:`=\lambda`, :math:`B` = bins²): the
     value is then at most :math:`\log(B/\lambda)` (about 23 nats for the defaults).
     """
+    if not (0 < smoothing <= 1):
+        raise ValueError(f"smoothing must be in (0, 1], got {smoothing!r}")
     p, q = histogram2d(x_real, lim, bins), histogram2d(x_fake, lim, bins)
     q = (1 - smoothing) * q + smoothing / q.size
     m = p > 0
@@ -522,6 +551,13 @@ def modes_covered(x: torch.Tensor, centres: torch.Tensor = EIGHT_GAUSSIANS_CENTR
                   min_frac: float = 0.01) -> tuple[float, int]:
     """``(fraction of x within radius of its nearest centre, number of centres receiving > min_frac of x within
     radius)``: sample quality and mode coverage on "8gaussians" (notes §5, E7)."""
+    if x.dim() != 2 or x.shape[0] < 1 or centres.dim() != 2 or x.shape[1] != centres.shape[1]:
+        raise ValueError(f"x must have shape (n, d) with n >= 1 and d = centres.shape[1], got {tuple(x.shape)} and "
+                         f"centres {tuple(centres.shape)}")
+    if not (0 < radius < math.inf):
+        raise ValueError(f"radius must be a number > 0 and finite, got {radius!r}")
+    if not (0 <= min_frac < 1):
+        raise ValueError(f"min_frac must be in [0, 1), got {min_frac!r}")
     d = torch.cdist(x.double(), centres.double())
     dmin, k = d.min(1)
     near = dmin < radius
@@ -564,6 +600,9 @@ def auroc(scores_in, scores_out) -> float:
     """Area under the ROC curve for "in-distribution scores higher": P(s_in > s_out) + ½ P(tie) (Mann-Whitney)."""
     a = torch.as_tensor(scores_in, dtype=torch.float64).flatten()
     b = torch.as_tensor(scores_out, dtype=torch.float64).flatten()
+    for name, t in (("scores_in", a), ("scores_out", b)):
+        if t.numel() == 0 or bool(torch.isnan(t).any()):
+            raise ValueError(f"{name} must be a non-empty set of scores without NaN, got {t.numel()} values")
     allv = torch.cat([a, b])
     order = torch.argsort(allv, stable=True)
     ranks = torch.empty_like(allv)

@@ -39,7 +39,8 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from .models import MLP, BatchMixin, BernoulliDecoder
-from .svgd import amortized_svgd_loss, median_bandwidth, rbf_kernel, stein_kernel_matrix
+from .svgd import BANDWIDTH_RULES, amortized_svgd_loss, median_bandwidth, rbf_kernel, stein_kernel_matrix
+from .utils import check_finite, check_int, check_number
 
 __all__ = [
     "ParticleEncoder",
@@ -79,10 +80,14 @@ class ParticleEncoder(nn.Module):
         super().__init__()
         if activation not in _ACT:
             raise ValueError(f"activation must be one of {sorted(_ACT)}, got {activation!r}")
-        if not isinstance(latent_dim, int) or latent_dim < 1:
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int("data_dim", data_dim)
         hidden = tuple(hidden)
-        self.latent_dim, self.logvar_bound = latent_dim, float(logvar_bound)
+        if not hidden:
+            raise ValueError("hidden must list at least one layer width (the trunk's output feeds the heads)")
+        self.latent_dim = latent_dim
+        self.logvar_bound = check_number("logvar_bound", logvar_bound, 0.0, strict=True)
         self.trunk = nn.Sequential(MLP(data_dim, hidden[:-1], hidden[-1], activation), _ACT[activation]())
         self.gauss = nn.Linear(hidden[-1], 2 * latent_dim)
         self.residual = MLP(hidden[-1] + latent_dim, tuple(head_hidden), latent_dim, activation)
@@ -115,10 +120,12 @@ def fitted_gaussian(z: torch.Tensor, inflate: float = 2.0, min_var: float = 1e-4
     ``min_var``. Inflating makes the proposal's tails heavier than the (under-dispersed, few-particle) cloud, which
     keeps importance weights bounded; any choice gives a valid bound, only its tightness changes.
     """
-    if z.shape[-2] < 2:
-        raise ValueError("fitting a Gaussian needs at least 2 particles per set")
-    if not inflate > 0:
-        raise ValueError(f"inflate must be > 0, got {inflate!r}")
+    if z.dim() < 2 or z.shape[-2] < 2:
+        raise ValueError(f"z must have shape (..., K, d) with K >= 2: fitting a Gaussian needs at least 2 particles "
+                         f"per set, got shape {tuple(z.shape)}")
+    check_finite("z", z.detach())
+    check_number("inflate", inflate, 0.0, strict=True)
+    check_number("min_var", min_var, 0.0, strict=True)
     var = z.var(dim=-2, unbiased=True) * inflate
     return z.mean(-2), var.clamp_min(min_var).log()
 
@@ -146,8 +153,9 @@ class LDCVAE(BatchMixin, nn.Module):
         super().__init__()
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
             raise ValueError(f"num_particles must be an int >= 2 (SVGD needs a particle set), got {num_particles!r}")
-        if not lam > 0:
-            raise ValueError(f"lam must be > 0, got {lam!r}")
+        check_number("lam", lam, 0.0, strict=True)
+        if rule not in BANDWIDTH_RULES:
+            raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
         if binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
         self.enc, self.dec = enc, dec
@@ -247,6 +255,7 @@ def u_statistic(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = H.shape[-1]
     if H.ndim != 2 or H.shape[0] != n or n < 4:
         raise ValueError(f"H must be a square (n, n) matrix with n >= 4, got {tuple(H.shape)}")
+    check_finite("H", H.detach())
     H = H.double()
     off = H - torch.diag_embed(torch.diagonal(H))
     S = off.sum(1)
@@ -275,8 +284,12 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth=None, return_se: bool = Fals
     """
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape (n, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_finite("x", x.detach())
+    check_finite("y", y.detach())
     x, y = x.double(), y.double()
     h = median_bandwidth(y, rule="ksd") if bandwidth is None else torch.as_tensor(bandwidth, dtype=torch.float64)
+    if not (h.dim() == 0 and bool(torch.isfinite(h)) and h.item() > 0):
+        raise ValueError(f"bandwidth must be a number > 0 and finite (h in exp(-|a-b|^2/h)) or None, got {bandwidth!r}")
     kxy = rbf_kernel(x, y, h)
     H = rbf_kernel(x, x, h) + rbf_kernel(y, y, h) - kxy - kxy.T
     u, se = u_statistic(H)
@@ -296,6 +309,8 @@ def latent_consistency(z_agg: torch.Tensor, generator: torch.Generator | None = 
     ``{"mmd2", "mmd2_se", "ksd", "ksd_se", "h", "mean_norm", "var_mean"}``. MMD against ``n`` fresh prior samples
     (drawn with ``generator``); KSD with the prior score :math:`-z`. Both use one bandwidth ``h`` (default: the
     ``"ksd"`` median rule on the prior sample, which depends only on ``n`` and ``d``), so models are comparable."""
+    if z_agg.dim() != 2 or z_agg.shape[0] < 4:
+        raise ValueError(f"z_agg must have shape (n, d) with n >= 4, got {tuple(z_agg.shape)}")
     z_agg = z_agg.double().cpu()
     prior = torch.randn(z_agg.shape, generator=generator, dtype=torch.float64)
     h = median_bandwidth(prior, rule="ksd") if bandwidth is None else torch.as_tensor(bandwidth, dtype=torch.float64)

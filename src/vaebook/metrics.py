@@ -27,11 +27,11 @@ def iwae_bound(model, x: torch.Tensor, k: int = 5000, chunk_size: int | None = N
     Returns:
         ``(B,)`` in nats (higher is better; the negative is the usual "NLL" estimate).
     """
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if chunk_size is None:
         chunk_size = max(1, 8192 // max(1, x.shape[0]))
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     was_training = model.training
     model.eval()
@@ -54,6 +54,8 @@ def elbo(model, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
 
     With a closed-form KL the model's own ``elbo`` has lower variance; this generic version only needs ``log_weights``.
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     was_training = model.training
     model.eval()
     try:
@@ -72,6 +74,10 @@ def evaluate(model, data, k: int | None = None, batch_size: int = 500, chunk_siz
     """
     from tqdm.auto import tqdm
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be a positive int or None, got {k!r}")
     if torch.is_tensor(data):
         batches = data.split(batch_size)
     else:
@@ -91,11 +97,16 @@ def evaluate(model, data, k: int | None = None, batch_size: int = 500, chunk_siz
         model.train(was_training)
     out: dict[str, float] = {}
     e = torch.cat(elbos).double()
-    out.update(elbo=e.mean().item(), elbo_se=(e.std() / math.sqrt(len(e))).item(), n=len(e))
+    out.update(elbo=e.mean().item(), elbo_se=_se(e), n=len(e))
     if k is not None:
         w = torch.cat(iwaes).double()
-        out.update(iwae=w.mean().item(), iwae_se=(w.std() / math.sqrt(len(w))).item(), k=k)
+        out.update(iwae=w.mean().item(), iwae_se=_se(w), k=k)
     return out
+
+
+def _se(v: torch.Tensor) -> float:
+    """Standard error of the mean; NaN (without a warning) for a single value."""
+    return (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else math.nan
 
 
 def gradient_samples(loss_fn, params, repeats: int = 100) -> torch.Tensor:
@@ -106,7 +117,7 @@ def gradient_samples(loss_fn, params, repeats: int = 100) -> torch.Tensor:
     ``g.var(0).sum()``; the bias of one estimator against another is the difference of ``g.mean(0)``.
     """
     params = [p for p in params]
-    if not isinstance(repeats, int) or repeats < 2:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
         raise ValueError(f"repeats must be an int >= 2, got {repeats!r}")
     rows = []
     for _ in range(repeats):

@@ -33,7 +33,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from .divergences import kl_normal_diag
 from .mixtures import kl_gmm
 from .models import MLP, BatchMixin, BernoulliDecoder
-from .relaxed import gumbel_softmax
+from .relaxed import _as_tau, gumbel_softmax
 
 __all__ = ["GumbelMixtureVAE", "GMVAE", "relaxed_mixture_sample", "cluster_accuracy", "kmeans"]
 
@@ -66,7 +66,19 @@ def relaxed_mixture_sample(logits, q_mean, q_logvar, tau, hard=False, num_sample
     ``hard=False``, ``z`` is *not* distributed as the mixture (Chapter 2).
     """
     lead = () if num_samples is None else (num_samples,)
-    v = gumbel_softmax(logits.expand(*lead, *logits.shape), tau, hard=hard, generator=generator)
+    if logits.dim() == 0 or q_mean.dim() < 2 or q_mean.shape[-2] != logits.shape[-1]:
+        raise ValueError(f"q_mean must have shape (..., K, D) with K = logits.shape[-1], got logits "
+                         f"{tuple(logits.shape)} and q_mean {tuple(q_mean.shape)}")
+    if q_logvar.shape != q_mean.shape:
+        raise ValueError(f"q_logvar must have the shape of q_mean {tuple(q_mean.shape)}, got {tuple(q_logvar.shape)}")
+    for name, t in (("q_mean", q_mean), ("q_logvar", q_logvar)):
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{name} must be finite (no NaN or inf)")
+    if logits.shape[-1] == 1:  # one component: the (relaxed) one-hot vector is exactly 1 (gumbel_softmax needs K >= 2)
+        _as_tau(tau, logits)
+        v = torch.ones((*lead, *logits.shape), dtype=logits.dtype, device=logits.device)
+    else:
+        v = gumbel_softmax(logits.expand(*lead, *logits.shape), tau, hard=hard, generator=generator)
     eps = torch.randn(*lead, *q_mean.shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
     w = q_mean + torch.exp(0.5 * q_logvar) * eps
     return (v.unsqueeze(-1) * w).sum(-2), v
@@ -104,6 +116,9 @@ class GumbelMixtureVAE(_Base):
             raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
         if kl not in ("matched", "variational_upper"):
             raise ValueError(f"kl must be 'matched' or 'variational_upper', got {kl!r}")
+        if isinstance(prior_spread, bool) or not isinstance(prior_spread, (int, float)) \
+                or not 0 <= prior_spread < math.inf:
+            raise ValueError(f"prior_spread must be a number >= 0 and finite, got {prior_spread!r}")
         if binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
         self.tau, self.hard, self.kl, self.binarize = float(tau), bool(hard), kl, binarize
@@ -371,12 +386,18 @@ def cluster_accuracy(clusters, labels, method: str = "majority") -> float:
 def kmeans(z: torch.Tensor, k: int, num_iters: int = 50, generator: torch.Generator | None = None) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding on ``z`` ``(N, D)``; returns cluster indices ``(N,)``."""
     _pos_int("k", k)
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
+        raise ValueError(f"num_iters must be an int >= 0, got {num_iters!r}")
     z = torch.as_tensor(z, dtype=torch.float64)
     if z.dim() != 2 or z.shape[0] < k:
         raise ValueError(f"z must have shape (N, D) with N >= k={k}, got {tuple(z.shape)}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("z must be finite (no NaN or inf)")
     idx = [int(torch.randint(z.shape[0], (1,), generator=generator))]
     for _ in range(1, k):  # k-means++: next centre with probability proportional to the squared distance
         d2 = torch.cdist(z, z[idx]).pow(2).min(1).values
+        if not bool((d2 > 0).any()):  # every point is already a centre (duplicates): any point will do
+            d2 = torch.ones_like(d2)
         idx.append(int(torch.multinomial(d2 / d2.sum(), 1, generator=generator)))
     centres = z[idx].clone()
     for _ in range(num_iters):

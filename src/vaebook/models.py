@@ -10,6 +10,7 @@ Shapes: images are ``(B, 1, 28, 28)`` (any ``data_shape`` works); latents ``(...
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
 from .divergences import kl_normal_diag
+from .utils import check_int, check_number
 
 __all__ = ["MLP", "GaussianEncoder", "BernoulliDecoder", "GaussianDecoder", "BatchMixin", "VAE"]
 
@@ -30,8 +32,11 @@ class MLP(nn.Sequential):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         for name, v in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        hidden = tuple(hidden)
+        if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise ValueError(f"hidden must be a sequence of positive ints (layer widths), got {hidden!r}")
         dims = [in_dim, *hidden, out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -52,10 +57,11 @@ class GaussianEncoder(nn.Module):
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (400,), activation: str = "tanh",
                  logvar_bound: float = 12.0):
         super().__init__()
-        if not isinstance(latent_dim, int) or latent_dim < 1:
+        check_int("data_dim", data_dim)
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         self.latent_dim = latent_dim
-        self.logvar_bound = float(logvar_bound)
+        self.logvar_bound = check_number("logvar_bound", logvar_bound, 0.0, strict=True)
         self.net = MLP(data_dim, hidden, 2 * latent_dim, activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +82,8 @@ class BernoulliDecoder(nn.Module):
     def __init__(self, latent_dim: int, data_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (400,),
                  activation: str = "tanh"):
         super().__init__()
-        self.data_shape = tuple(data_shape)
+        check_int("latent_dim", latent_dim)
+        self.data_shape = _check_shape(data_shape)
         self.net = MLP(latent_dim, hidden, math.prod(self.data_shape), activation)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -102,17 +109,22 @@ class GaussianDecoder(nn.Module):
     ``learn_var="output"`` predicts a per-pixel log-variance, ``"global"`` learns one per pixel shared over ``z``,
     ``"fixed"`` uses ``fixed_logvar``. Means pass through a sigmoid when ``squash=True`` (Kingma & Welling's Frey
     Face decoder). Log-variances are floored at ``min_logvar`` (a floor avoids the classic NaN of unbounded
-    likelihoods).
+    likelihoods); predicted ones (``"output"``) are also capped at ``max_logvar`` (without a cap, large latent codes
+    through ReLU layers overflowed ``exp(logvar / 2)`` to ``inf``).
     """
 
     def __init__(self, latent_dim: int, data_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (400,),
                  activation: str = "tanh", learn_var: str = "global", fixed_logvar: float = 0.0,
-                 min_logvar: float = -9.0, squash: bool = False):
+                 min_logvar: float = -9.0, squash: bool = False, max_logvar: float = 30.0):
         super().__init__()
         if learn_var not in ("output", "global", "fixed"):
             raise ValueError(f"learn_var must be 'output', 'global' or 'fixed', got {learn_var!r}")
-        self.data_shape = tuple(data_shape)
-        self.learn_var, self.min_logvar, self.squash = learn_var, float(min_logvar), squash
+        check_int("latent_dim", latent_dim)
+        self.data_shape = _check_shape(data_shape)
+        check_number("fixed_logvar", fixed_logvar)
+        self.min_logvar = check_number("min_logvar", min_logvar)
+        self.max_logvar = check_number("max_logvar", max_logvar, self.min_logvar, strict=True)
+        self.learn_var, self.squash = learn_var, squash
         d = math.prod(self.data_shape)
         self.net = MLP(latent_dim, hidden, 2 * d if learn_var == "output" else d, activation)
         if learn_var == "global":
@@ -129,6 +141,8 @@ class GaussianDecoder(nn.Module):
         if self.squash:
             mean = torch.sigmoid(mean)
         logvar = self.min_logvar + nn.functional.softplus(logvar - self.min_logvar)
+        if self.learn_var == "output":  # an unbounded network output: a ceiling keeps exp(logvar / 2) finite
+            logvar = logvar.clamp(max=self.max_logvar)
         return mean.unflatten(-1, self.data_shape), logvar.unflatten(-1, self.data_shape)
 
     def forward(self, z: torch.Tensor) -> Independent:
@@ -137,6 +151,13 @@ class GaussianDecoder(nn.Module):
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return self._params(z)[0]
+
+
+def _check_shape(data_shape) -> tuple:
+    shape = tuple(data_shape)
+    if not shape or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise ValueError(f"data_shape must be a non-empty sequence of positive ints, got {data_shape!r}")
+    return tuple(int(v) for v in shape)
 
 
 class BatchMixin:
@@ -177,7 +198,7 @@ class VAE(BatchMixin, nn.Module):
             raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
         if binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
-        self.beta, self.kl, self.binarize = float(beta), kl, binarize
+        self.beta, self.kl, self.binarize = check_number("beta", beta, 0.0), kl, binarize
 
     @classmethod
     def mlp(cls, latent_dim: int = 20, hidden: Sequence[int] = (400,), data_shape: Sequence[int] = (1, 28, 28),
@@ -208,6 +229,8 @@ class VAE(BatchMixin, nn.Module):
 
         Returns ``(B, D)``, or ``(num_samples, B, D)`` when ``num_samples`` is given.
         """
+        if num_samples is not None:
+            check_int("num_samples", num_samples)
         shape = q_mean.shape if num_samples is None else (num_samples, *q_mean.shape)
         eps = torch.randn(shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
         return q_mean + torch.exp(0.5 * q_logvar) * eps

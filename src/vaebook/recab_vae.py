@@ -84,6 +84,13 @@ class JointEncoder(nn.Module):
     def __init__(self, data_dim: int, latent_dim: int, num_vars: int, num_classes: int,
                  hidden: Sequence[int] = (256,), activation: str = "relu", logvar_bound: float = 12.0):
         super().__init__()
+        for name, v, lo in (("data_dim", data_dim, 1), ("latent_dim", latent_dim, 1), ("num_vars", num_vars, 1),
+                            ("num_classes", num_classes, 2)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if isinstance(logvar_bound, bool) or not isinstance(logvar_bound, numbers.Real) \
+                or not 0 < logvar_bound < math.inf:
+            raise ValueError(f"logvar_bound must be a number > 0 and finite, got {logvar_bound!r}")
         self.latent_dim, self.num_vars, self.num_classes = int(latent_dim), int(num_vars), int(num_classes)
         self.logvar_bound = float(logvar_bound)
         self.net = MLP(data_dim, hidden, 2 * self.latent_dim + self.num_vars * self.num_classes, activation)
@@ -270,12 +277,23 @@ def code_purity(train_codes, train_labels, test_codes, test_labels, num_classes:
         train_codes, test_codes: ``(M,)`` integer codes in ``[0, num_classes)`` or ``(M, num_classes)`` probabilities;
         train_labels, test_labels: ``(M,)`` integer labels.
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+
     def joint(codes, labels):
-        codes, labels = torch.as_tensor(codes), torch.as_tensor(labels).long()
+        codes, labels = torch.as_tensor(codes), torch.as_tensor(labels)
+        if labels.dim() != 1 or labels.is_floating_point() or bool(((labels < 0) | (labels > 9)).any()):
+            raise ValueError("labels must be (M,) integer digits in [0, 9]")
+        labels = labels.long()
         if codes.dim() == 1:
+            if codes.is_floating_point() or bool(((codes < 0) | (codes >= num_classes)).any()):
+                raise ValueError(f"codes must be (M,) integer class indices in [0, num_classes) = [0, {num_classes}) "
+                                 "or (M, num_classes) probabilities")
             codes = F.one_hot(codes.long(), num_classes)
-        if codes.dim() != 2 or codes.shape != (labels.shape[0], num_classes) or labels.dim() != 1:
+        if codes.dim() != 2 or codes.shape != (labels.shape[0], num_classes):
             raise ValueError("codes must be (M,) class indices or (M, num_classes) probabilities, labels (M,)")
+        if not bool(((codes >= 0) & (codes <= 1)).all()):  # also NaN
+            raise ValueError("codes must be probabilities in [0, 1] (no NaN) when given as (M, num_classes)")
         return codes.double().T @ F.one_hot(labels, 10).double(), codes.double()  # (K, 10) soft counts
 
     counts, _ = joint(train_codes, train_labels)

@@ -175,6 +175,9 @@ def sample_gumbel(shape, generator: torch.Generator | None = None, dtype: torch.
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in dims):
+        raise ValueError(f"shape must be a sequence of ints >= 0, got {shape!r}")
     finfo = torch.finfo(dtype)
     u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     u = u.clamp(min=finfo.tiny, max=1.0 - finfo.eps / 2)

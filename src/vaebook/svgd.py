@@ -137,6 +137,11 @@ def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth) -> torch.Tensor:
     r"""The RBF kernel matrix :math:`k(x_i,y_j)=\exp(-\|x_i-y_j\|^2/h)`, shape ``(..., n, m)`` for ``x`` ``(..., n, d)``
     and ``y`` ``(..., m, d)``; ``bandwidth`` is ``h`` (a number or a tensor of shape ``x.shape[:-2]``). Dense."""
     h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device)
+    if not bool((torch.isfinite(h) & (h > 0)).all()):
+        raise ValueError(f"bandwidth must be finite and > 0 (h in exp(-|x-y|^2/h)), got {bandwidth!r}")
+    if x.dim() < 2 or y.dim() < 2 or x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"x and y must have shapes (..., n, d) and (..., m, d) with the same d, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
     return torch.exp(-_sqdist(x, y) / h[..., None, None])
 
 
@@ -332,7 +337,9 @@ def stein_kernel_matrix(x: torch.Tensor, score, bandwidth) -> torch.Tensor:
     Shape ``(..., n, n)``; memory :math:`O(n^2)` (use :func:`ksd` for large ``n``)."""
     x = _check_x(x)
     s = _resolve_score(x, score)
-    h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device)[..., None, None]
+    if bandwidth is None:
+        raise ValueError("bandwidth must be given (finite and > 0, e.g. median_bandwidth(x, rule='ksd'))")
+    h = _resolve_bandwidth(x, bandwidth, "ksd", _DEFAULT_MEDIAN_SAMPLE, None)[..., None, None]
     d = x.shape[-1]
     d2 = _sqdist(x, x)
     a = (s * x).sum(-1)  # s_i . x_i
@@ -418,10 +425,12 @@ class AdaGradMomentum:
     """
 
     def __init__(self, stepsize: float = 1e-3, alpha: float = 0.9, fudge_factor: float = 1e-6):
-        if not stepsize > 0:
-            raise ValueError(f"stepsize must be > 0, got {stepsize!r}")
+        if not 0 < stepsize < math.inf:
+            raise ValueError(f"stepsize must be > 0 and finite, got {stepsize!r}")
         if not 0 <= alpha < 1:
             raise ValueError(f"alpha must be in [0, 1), got {alpha!r}")
+        if not 0 < fudge_factor < math.inf:  # 0 would give 0 / 0 = NaN for a zero direction
+            raise ValueError(f"fudge_factor must be > 0 and finite, got {fudge_factor!r}")
         self.stepsize, self.alpha, self.fudge_factor = float(stepsize), float(alpha), float(fudge_factor)
         self.historical_grad: torch.Tensor | None = None
 
@@ -441,8 +450,8 @@ class ConstantStep:
     r"""Plain SVGD steps: displacement :math:`\epsilon\,\phi(x)` (the paper's Algorithm 1 with a fixed step)."""
 
     def __init__(self, stepsize: float = 0.1):
-        if not stepsize > 0:
-            raise ValueError(f"stepsize must be > 0, got {stepsize!r}")
+        if not 0 < stepsize < math.inf:
+            raise ValueError(f"stepsize must be > 0 and finite, got {stepsize!r}")
         self.stepsize = float(stepsize)
 
     def reset(self) -> None:
@@ -579,6 +588,11 @@ class ResidualSampler(nn.Module):
         super().__init__()
         from .models import MLP
 
+        for name, v in (("noise_dim", noise_dim), ("out_dim", out_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number, got {scale!r}")
         if scale != 0 and noise_dim < out_dim:
             raise ValueError(f"the skip connection needs noise_dim >= out_dim, got {noise_dim} < {out_dim}")
         self.noise_dim, self.out_dim, self.scale = int(noise_dim), int(out_dim), float(scale)
@@ -629,6 +643,10 @@ class AmortizedSVGD(nn.Module):
         super().__init__()
         if not callable(score):
             raise TypeError("score must be a callable x -> grad log p(x) (see score_from_log_prob)")
+        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
+            raise ValueError(f"noise_dim must be a positive int, got {noise_dim!r}")
+        if rule not in BANDWIDTH_RULES:
+            raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
         self.sampler, self.score, self.noise_dim = sampler, score, int(noise_dim)
         self.bandwidth, self.rule, self.block_size = bandwidth, rule, block_size
 
@@ -661,6 +679,8 @@ def gmm1d_target(dtype: torch.dtype = torch.float64):
     ``(n, 1)``; sum over the last dimension for a particle log-density). Mean 2/3, :math:`E[x^2]=5`."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return MixtureSameFamily(Categorical(probs=torch.tensor([1 / 3, 2 / 3], dtype=dtype)),
                              Normal(torch.tensor([-2.0, 2.0], dtype=dtype), torch.ones(2, dtype=dtype)))
 
@@ -671,6 +691,12 @@ def ring_target(num_modes: int = 8, radius: float = 2.0, std: float = 0.2, dtype
     ``target.component_distribution.mean``."""
     from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
+        raise ValueError(f"num_modes must be a positive int, got {num_modes!r}")
+    if not 0 <= radius < math.inf:
+        raise ValueError(f"radius must be a number >= 0 and finite, got {radius!r}")
+    if not 0 < std < math.inf:
+        raise ValueError(f"std must be a number > 0 and finite, got {std!r}")
     ang = 2 * math.pi * torch.arange(num_modes, dtype=dtype) / num_modes
     centres = radius * torch.stack([ang.cos(), ang.sin()], -1)
     comp = Independent(Normal(centres, torch.full_like(centres, std)), 1)
@@ -679,6 +705,11 @@ def ring_target(num_modes: int = 8, radius: float = 2.0, std: float = 0.2, dtype
 
 def mode_weights(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Fraction of the points ``x`` ``(n, d)`` whose nearest centre (``(K, d)``) is each centre; shape ``(K,)``."""
+    if centres.dim() != 2 or centres.shape[0] < 1:
+        raise ValueError(f"centres must have shape (K, d) with K >= 1, got {tuple(centres.shape)}")
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] != centres.shape[1]:
+        raise ValueError(f"x must have shape (n, d) with n >= 1 and d = centres.shape[1] = {centres.shape[1]}, got "
+                         f"{tuple(x.shape)}")
     nearest = torch.cdist(x.to(centres.dtype), centres).argmin(-1)
     return torch.bincount(nearest, minlength=centres.shape[0]).to(centres.dtype) / x.shape[0]
 

@@ -74,10 +74,12 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(num_epochs, int) or num_epochs < 0:
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
         raise ValueError(f"num_epochs must be a non-negative int, got {num_epochs!r}")
-    if not (lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not (0 < lr < math.inf):
+        raise ValueError(f"lr must be > 0 and finite, got {lr!r}")
+    if grad_clip is not None and not (0 < grad_clip < math.inf):
+        raise ValueError(f"grad_clip must be None or a number > 0 and finite, got {grad_clip!r}")
     if seed is not None:
         set_seed(seed)
     if device is not None:
@@ -106,7 +108,7 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
                 sums[k] += float(v)
             n += 1
         if n == 0:
-            raise ValueError("train_loader yielded no batches")
+            raise ValueError("train_loader must yield at least one batch per epoch (it yielded none)")
         for k, v in sums.items():
             history.epoch_logs[k].append(v / n)
         if val_data is not None and val_fn is not None:

@@ -53,6 +53,15 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def log_normal_diag(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     r""":math:`\log\mathcal N(x;\mu,\mathrm{diag}\,e^{v})` summed over the last dimension: ``(...)``."""
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the event dimension, summed over)")
+    try:
+        torch.broadcast_shapes(x.shape, mean.shape, logvar.shape)
+    except RuntimeError:
+        raise ValueError(f"x, mean and logvar must broadcast, got shapes {tuple(x.shape)}, {tuple(mean.shape)} and "
+                         f"{tuple(logvar.shape)}") from None
+    if bool(torch.isnan(logvar.detach()).any()) or bool(torch.isnan(mean.detach()).any()):
+        raise ValueError("mean and logvar must not contain NaN")
     return -0.5 * (_LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
@@ -109,7 +118,7 @@ class _RecurrentLatent(nn.Module):
     def __init__(self, x_dim, h_dim, z_dim, feat_dim, cell, binarize):
         super().__init__()
         for name, v in (("x_dim", x_dim), ("h_dim", h_dim), ("z_dim", z_dim), ("feat_dim", feat_dim)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
@@ -127,7 +136,8 @@ class _RecurrentLatent(nn.Module):
         return next(self.parameters()).device
 
     def init_state(self, batch_size: int):
-        h = torch.zeros(batch_size, self.h_dim, device=self._device())
+        p = next(self.parameters())
+        h = torch.zeros(batch_size, self.h_dim, device=p.device, dtype=p.dtype)
         return (h, torch.zeros_like(h)) if self.cell_type == "lstm" else (h,)
 
     def _update(self, fx_t, z, state, m=None):
@@ -251,7 +261,7 @@ class _RecurrentLatent(nn.Module):
         self.eval()
         try:
             dev = self._device()
-            out, t0 = _output_buffer(num, T, self.x_dim, prime, dev)
+            out, t0 = _output_buffer(num, T, self.x_dim, prime, dev, next(self.parameters()).dtype)
             state = self.init_state(num)
             for t in range(T):
                 h = state[0]
@@ -271,12 +281,12 @@ class _RecurrentLatent(nn.Module):
             self.train(was)
 
 
-def _output_buffer(num: int, T: int, x_dim: int, prime, device) -> tuple[torch.Tensor, int]:
+def _output_buffer(num: int, T: int, x_dim: int, prime, device, dtype=None) -> tuple[torch.Tensor, int]:
     """The ``(num, T, x_dim)`` buffer a generator fills, with the priming rows copied in; returns it and their count.
 
     ``prime`` is ``None``, ``(T0, x_dim)`` (shared by all sequences) or ``(num, T0, x_dim)`` with ``T0 <= T``.
     """
-    out = torch.zeros(num, T, x_dim, device=device)
+    out = torch.zeros(num, T, x_dim, device=device, dtype=dtype)
     if prime is None:
         return out, 0
     prime = torch.as_tensor(prime, dtype=out.dtype, device=device)
@@ -308,6 +318,8 @@ class VRNN(_RecurrentLatent):
     def __init__(self, x_dim: int = 28, h_dim: int = 128, z_dim: int = 16, feat_dim: int = 64, cell: str = "lstm",
                  min_logvar: float = -9.0, beta: float = 1.0, binarize: str | None = "dynamic"):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+            raise ValueError(f"beta must be a number >= 0 and finite, got {beta!r}")
         self.prior = _GaussHead(h_dim, (feat_dim,), z_dim, min_logvar)
         self.enc = _GaussHead(feat_dim + h_dim, (feat_dim,), z_dim, min_logvar)
         self.beta = float(beta)
@@ -391,8 +403,14 @@ class GMVRNN(_RecurrentLatent):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
         if variant not in ("gumbel", "gmvae"):
             raise ValueError(f"variant must be 'gumbel' or 'gmvae', got {variant!r}")
-        if not isinstance(num_components, int) or num_components < 1:
+        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"num_components must be a positive int, got {num_components!r}")
+        if isinstance(w_dim, bool) or not isinstance(w_dim, int) or w_dim < 1:
+            raise ValueError(f"w_dim must be a positive int, got {w_dim!r}")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+            raise ValueError(f"tau must be a number > 0 and finite, got {tau!r}")
+        if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not 0 <= free_bits < math.inf:
+            raise ValueError(f"free_bits must be a number >= 0 and finite, got {free_bits!r}")
         self.variant, self.K, self.w_dim = variant, num_components, w_dim
         self.tau, self.hard, self.free_bits = float(tau), bool(hard), float(free_bits)
         k = num_components
@@ -437,6 +455,8 @@ class GMVRNN(_RecurrentLatent):
 
     def _sample_mixture(self, logits, mean, logvar, relaxed):
         w = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        if self.K == 1:  # one component: v = 1 exactly (gumbel_softmax needs K >= 2)
+            return w[..., 0, :]
         if relaxed:
             v = gumbel_softmax(logits, self.tau, hard=self.hard)
         else:
@@ -492,7 +512,8 @@ class GMVRNN(_RecurrentLatent):
             return self._sample_mixture(*self._mixture(self.prior(h)), relaxed=False)
         pw_mean, pw_logvar = self.prior_w(h)
         w = pw_mean + torch.exp(0.5 * pw_logvar) * torch.randn_like(pw_mean)
-        v = gumbel_max(self.prior_v(h))
+        logits_v = self.prior_v(h)
+        v = gumbel_max(logits_v) if self.K > 1 else torch.ones_like(logits_v)
         mean, logvar = self.gm_params(w)
         comp = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         return (v.unsqueeze(-1) * comp).sum(-2)
@@ -515,6 +536,9 @@ class LSTMBaseline(nn.Module):
     def __init__(self, x_dim: int = 28, h_dim: int = 128, feat_dim: int = 64, num_layers: int = 1,
                  binarize: str | None = "dynamic"):
         super().__init__()
+        for name, v in (("x_dim", x_dim), ("h_dim", h_dim), ("feat_dim", feat_dim), ("num_layers", num_layers)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
         self.x_dim, self.h_dim, self.binarize = x_dim, h_dim, binarize
@@ -567,9 +591,10 @@ class LSTMBaseline(nn.Module):
         if feed not in ("sample", "mean"):
             raise ValueError(f"feed must be 'sample' or 'mean', got {feed!r}")
         dev = self._device()
-        out, t0 = _output_buffer(num, T, self.x_dim, prime, dev)
+        dtype = next(self.parameters()).dtype
+        out, t0 = _output_buffer(num, T, self.x_dim, prime, dev, dtype)
         state = None
-        x_prev = torch.zeros(num, 1, self.x_dim, device=dev)
+        x_prev = torch.zeros(num, 1, self.x_dim, device=dev, dtype=dtype)
         for t in range(T):
             hs, state = self.rnn(self.phi_x(x_prev), state)
             if t < t0:

@@ -402,4 +402,6 @@ def kernel_source(name: str) -> str:
                 lines = text.splitlines()
                 start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
                 return "\n".join(lines[start:node.end_lineno])
-    raise ValueError(f"no function {name!r} in vaebook/kernels/_triton_*.py")
+    names = sorted(node.name for path in pathlib.Path(__file__).parent.glob("_triton_*.py")
+                   for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef))
+    raise ValueError(f"no function {name!r} in vaebook/kernels/_triton_*.py: name must be one of {names}")

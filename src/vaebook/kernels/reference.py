@@ -41,6 +41,9 @@ def _check_particles(x, score) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(score.shape)}")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
+    for name, t in (("x", x), ("score", score)):
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{name} must be finite (no NaN or inf)")
     return x, score.to(x.dtype)
 
 
@@ -57,6 +60,10 @@ def _bandwidth(x: torch.Tensor, bandwidth, rule: str = "code") -> float:
 
 def rbf_gram(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
     r"""The dense kernel matrix :math:`K_{ij}=\exp(-\|x_i-y_j\|^2/h)`, ``(n, m)``: what the Triton kernels never form."""
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have shapes (n, d) and (m, d) with the same d, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    _bandwidth(x, bandwidth)
     d2 = (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)  # exact zeros on the diagonal (cdist is not)
     return torch.exp(-d2 / bandwidth)
 
