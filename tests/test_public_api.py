@@ -33,6 +33,8 @@ PROPERTY_FILES = (HERE / "test_properties.py", HERE / "test_gradcheck.py")
 EXCLUDED_MODULES = {
     "vaebook.assignments": "course tooling (student editions and grading of the notebooks), not numerics; it reads "
                            "and writes notebooks and is tested end to end by tests/test_assignments.py",
+    "vaebook.nbexec": "notebook-execution plumbing (a workaround for lost wake-ups in nbclient's message channels), "
+                      "not numerics; tested with simulated channels and real kernels by tests/test_nbexec.py",
     "vaebook.bench": "a benchmark harness (`python -m vaebook.bench`: run / format_table / main) whose only outputs "
                      "are wall-clock timings; no invariant to check; smoke-tested by tests/test_bench.py",
 }

@@ -234,13 +234,12 @@ def _cpu_seconds(pid: int) -> float | None:
 class _StallWatch(threading.Thread):
     """Kills the kernel when a cell has been running for ``stall_timeout`` s while the kernel used no CPU.
 
-    Why: under heavy load we saw, twice in many hours of grading, a cell "run" until its timeout with both the client
-    and the kernel idle. The likely cause is an execute request or reply stranded between ZeroMQ sockets: ipykernel 7
-    moved the shell channel to its own thread, and ipykernel 7.4's own source documents one such wedge (an
-    edge-triggered socket whose read edge a raw send consumed), fixed there; we could not reproduce ours on demand
-    (a synthetic run of 3,000 cells and twenty minutes of grading every chapter under load ran clean), so the grader
-    defends against the symptom. Waiting for the cell timeout would cost up to ``cell_timeout`` seconds and then fail
-    the student's exercise for nothing.
+    Why: we saw a cell "run" until its timeout with both the client and the kernel idle. The cause we found and
+    reproduced (one ``interact`` cell in 300, see :mod:`vaebook.nbexec`) is a lost wake-up in nbclient's asyncio
+    channel: the reply had arrived and sat unread until the poll's timeout; the grader's client is now hardened
+    against it. This watch stays as the second line of defence against a kernel that is really stuck (a wedged
+    kernel, a deadlock in a student's code that does not spin): waiting for the cell timeout would cost up to
+    ``cell_timeout`` seconds and then fail the student's exercise for nothing.
     A kernel that is really computing uses CPU; one that waits for nothing for two minutes is stuck, so it is killed
     and the notebook is graded again from the start in a fresh kernel (at most ``retries`` times). A cell that
     legitimately sleeps or waits on I/O longer than ``stall_timeout`` would be taken for a stall: set it to 0 to
@@ -275,8 +274,9 @@ class _StallWatch(threading.Thread):
 
 def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: str, cwd, stall_timeout: float):
     """Run every code cell of ``nb`` in a fresh kernel. Returns ({cell index: (passed, error)}, seconds, stalled)."""
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    from .nbexec import HardenedNotebookClient as NotebookClient  # no lost wake-ups (see vaebook.nbexec)
 
     for c in nb.cells:
         if c.cell_type == "code":
