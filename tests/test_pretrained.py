@@ -55,3 +55,48 @@ def test_unknown_recipe_and_mismatched_checkpoint(tmp_path):
     wrong = save_checkpoint(VAE.mlp(latent_dim=3, hidden=(8,)), tmp_path / "wrong.pt")
     with pytest.raises(CheckpointError, match="does not match"):
         pretrained.load("ch01_vae50", path=wrong)
+
+
+def _torch_load_calls(source: str):
+    """Every call to ``torch.load`` in ``source`` (Python), with whether it passes ``weights_only=True``."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
+            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                       for k in node.keywords)
+            yield node.lineno, safe
+
+
+def test_torch_load_calls_are_safe_helper_can_fail():
+    assert list(_torch_load_calls("import torch\ntorch.load('a.pt', weights_only=True)")) == [(2, True)]
+    assert list(_torch_load_calls("import torch\ntorch.load('a.pt')")) == [(2, False)]
+    assert list(_torch_load_calls("import torch\ntorch.load('a.pt', weights_only=False)")) == [(2, False)]
+
+
+def test_every_torch_load_in_the_library_and_the_chapters_uses_weights_only():
+    """A checkpoint is data, never code: no ``torch.load`` without ``weights_only=True`` (library and chapters)."""
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    unsafe, seen = [], 0
+    for path in sorted((root / "src" / "vaebook").rglob("*.py")):
+        for line, safe in _torch_load_calls(path.read_text()):
+            seen += 1
+            if not safe:
+                unsafe.append(f"{path.relative_to(root)}:{line}")
+    for path in sorted((root / "book").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            code = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!")))
+            for line, safe in _torch_load_calls(code):
+                seen += 1
+                if not safe:
+                    unsafe.append(f"{path.name}, cell {i}, line {line}")
+    assert seen >= 1, "the scan found no torch.load at all: is it looking in the right place?"
+    assert not unsafe, f"torch.load without weights_only=True: {unsafe}"
