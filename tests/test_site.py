@@ -50,7 +50,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 # by Colab and GitHub. Offline, they fall back to their alt text; everything else must come from the site.
 EXTERNAL_BADGES = ("https://colab.research.google.com/assets/colab-badge.svg",
                    "https://img.shields.io/badge/view%20on-GitHub-black?logo=github")
-SCREENSHOTS = ["intro", "book/ch01_vae", "book/ch02_mixtures", "book/status", "search"]
+SCREENSHOTS = ["book/intro", "book/ch01_vae", "book/ch02_mixtures", "book/status", "search"]
 
 
 def _yaml(path):
@@ -90,14 +90,21 @@ def _skip_or_fail(msg: str):
 # the build
 
 
+# True when the site fixture built the book while other pytest workers were running tests on the same cores: the
+# chapter run times it measured then say more about that load than about the chapters (CI builds first, alone).
+BUILT_BESIDE_OTHER_WORKERS = False
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The README's build command on a copy of the book; returns ``_build/html``.
 
     ``VAEBOOK_SITE=path/to/_build/html`` checks an existing build instead (for authors iterating on the checks).
     """
+    global BUILT_BESIDE_OTHER_WORKERS
     if os.environ.get("VAEBOOK_SITE"):
         return Path(os.environ["VAEBOOK_SITE"]).resolve()
+    BUILT_BESIDE_OTHER_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
     jb = shutil.which("jupyter-book")
     if jb is None:
         _skip_or_fail("jupyter-book is not installed (pip install -e '.[book]')")
@@ -321,8 +328,9 @@ def test_internal_links_and_cross_references_resolve(site, server, visits, page)
 
 
 def test_every_chapter_is_reachable_from_the_navigation(visits, server):
-    linked = {urlsplit(h).path.lstrip("/") for h in visits["intro"].info["links"] if h.startswith(server)}
-    missing = [p for p in PAGES if p not in ("intro", "search", "genindex") and f"{p}.html" not in linked]
+    root = PAGES[0]  # the root document of _toc.yml (book/intro)
+    linked = {urlsplit(h).path.lstrip("/") for h in visits[root].info["links"] if h.startswith(server)}
+    missing = [p for p in PAGES if p not in (root, "search", "genindex") and f"{p}.html" not in linked]
     assert not missing, f"pages not linked from the home page's navigation: {missing}"
 
 
@@ -381,9 +389,14 @@ def test_status_page_lists_every_chapter_within_budget(visits):
         "table.vaebook-status tbody tr", "rs => rs.map(r => Array.from(r.cells).map(c => c.textContent.trim()))")
     assert len(rows) == len(CHAPTERS), f"status table has {len(rows)} rows for {len(CHAPTERS)} chapters: {rows}"
     limit = 180.0
-    for title, runtime, _target, within_limit, _when in rows:
+    (ARTIFACTS / "status.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+    for title, runtime, _target, _within_limit, _when in rows:
         assert re.fullmatch(r"\d+\.\d", runtime), f"{title}: no measured run time ({runtime!r})"
-        assert float(runtime) <= limit and within_limit == "✅", f"{title}: {runtime} s is over the {limit:g} s budget"
+    if BUILT_BESIDE_OTHER_WORKERS:
+        pytest.skip("the chapters were timed while other pytest workers shared the CPU; the budgets are checked on a "
+                    "build that ran alone (.ci/run builds first and sets VAEBOOK_SITE)")
+    for title, runtime, _target, within_limit, _when in rows:
+        assert float(runtime) <= limit and within_limit == "✓ yes", \
+            f"{title}: {runtime} s is over the {limit:g} s budget"
     summary = v.page.text_content("main")
     assert "within the book's budget" in summary
-    (ARTIFACTS / "status.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))

@@ -15,6 +15,10 @@ Loaded from ``_config.yml`` with ``sphinx: local_extensions: {offline_assets: bo
   ("Identifier 'THEBE_JS_URL' has already been declared"), so identical inline scripts are dropped from each page;
   and pydata-sphinx-theme logs "Got invalid theme mode" when ``default_mode`` is empty, so it is set to ``light``
   (the figures have white backgrounds).
+* ``static/widget_support.js``, loaded before the HTML manager on pages with widgets, fixes two things the manager
+  did on this site: it typesets widget labels with MathJax 2's ``MathJax.Hub.Queue`` (MathJax 3 has no ``Hub``: every
+  widget threw "Cannot read properties of undefined (reading 'Queue')"), and it looked for its fonts beside the page
+  instead of in ``_static/vendor/html-manager`` (a require.js ``paths`` entry).
 
 The vendored files live in ``book/_ext/static``, not in a ``_static/`` folder of the book: Jupyter
 Book 1.x adds every ``*.js``/``*.css`` found under ``_static/`` to *every* page.
@@ -53,6 +57,8 @@ def _on_config_inited(app: Sphinx, config: Config) -> None:
     # Paths relative to _static are resolved by Sphinx's js-file machinery on every page depth.
     config.mathjax_path = f"{MATHJAX_TARGET}/tex-mml-chtml.js"
     config.nb_ipywidgets_js = {
+        # First: a require.js path to the manager's fonts, and MathJax 2's Hub.Queue (which MathJax 3 lacks).
+        "widget_support.js": {},
         "vendor/require.js": {},
         # The attribute tells the manager where to fetch *third-party* widget modules; the core
         # controls and the Output widget are bundled, so nothing is fetched for them.

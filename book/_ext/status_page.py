@@ -145,10 +145,10 @@ class StatusPostTransform(SphinxPostTransform):
             rt = r["runtime"]
             total += rt or 0.0
             if not r["succeeded"]:
-                within_t = within_l = "❌ failed"
+                within_t = within_l = "✗ failed"
             else:
-                within_t = "✅" if rt is not None and rt <= target else "⚠️ no"
-                within_l = "✅" if rt is not None and rt <= limit else "❌ no"
+                within_t = "✓ yes" if rt is not None and rt <= target else "✗ no"
+                within_l = "✓ yes" if rt is not None and rt <= limit else "✗ no"
             when = (datetime.fromtimestamp(r["mtime"], tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                     if r["mtime"] else "")
             tbody += _row([_para(xref), "–" if rt is None else f"{rt:.1f}", within_t, within_l, when])
