@@ -19,6 +19,8 @@ Custom autograd Functions in the library (``grep -rn autograd.Function src/vaebo
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,16 +43,12 @@ from vaebook import vrnn
 from vaebook.discrete_vae import CategoricalLatent
 from vaebook.kernels import reference as kref
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _covers  # noqa: E402
+
 F64 = torch.float64
 #: test name -> the public names it gradchecks (read by tests/test_public_api.py, like test_properties.COVERS)
-COVERS: dict[str, tuple[str, ...]] = {}
-
-
-def covers(*names: str):
-    def deco(fn):
-        COVERS[fn.__name__] = names
-        return fn
-    return deco
+COVERS, covers = _covers.registry()
 
 
 def _g(seed=0):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,19 +35,14 @@ from vaebook.metrics import iwae_bound
 from vaebook.mixtures import kl_gmm
 from vaebook.svgd import ksd, svgd_direction, svgd_direction_dense
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _covers  # noqa: E402
+
 COUNTS: collections.Counter = collections.Counter()
 #: test name -> the public names (relative to ``vaebook``, e.g. ``"divergences.kl_mvn"``) it exercises; filled by
 #: :func:`covers` at import time and read (statically, from the source) by ``tests/test_public_api.py``, whose
 #: meta-test fails when a public function or class is neither covered here (or in ``test_gradcheck.py``) nor exempt.
-COVERS: dict[str, tuple[str, ...]] = {}
-
-
-def covers(*names: str):
-    """Register the public functions / classes a test exercises (``"module.name"`` relative to ``vaebook``)."""
-    def deco(fn):
-        COVERS[fn.__name__] = names
-        return fn
-    return deco
+COVERS, covers = _covers.registry()
 
 
 def _count(*names: str) -> None:
