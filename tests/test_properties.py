@@ -1572,7 +1572,6 @@ def test_durrieu_bounds_bracket_kl(qp, seed):
 # ==================================================================================================================
 import gzip  # noqa: E402
 import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from vaebook import data as vd  # noqa: E402
 

@@ -41,6 +41,7 @@ from .divergences import kl_categorical
 from .models import MLP, BatchMixin, BernoulliDecoder
 from .relaxed import (constant_tau_schedule, exp_concrete_log_prob, exp_concrete_sample, gumbel_max,
                       gumbel_softmax, recab, relaxed_kl_equal_tau_exact, sample_gumbel, tau_schedule)
+from .utils import check_int, check_number
 
 __all__ = ["KL_CHOICES", "CategoricalEncoder", "CategoricalLatent", "CategoricalVAE", "jang_schedule", "build",
            "train", "RECIPE"]
@@ -73,8 +74,7 @@ class CategoricalEncoder(nn.Module):
                  activation: str = "relu"):
         super().__init__()
         for name, v in (("data_dim", data_dim), ("num_vars", num_vars), ("param_dim", param_dim)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(name, v)
         self.num_vars, self.param_dim = int(num_vars), int(param_dim)
         self.net = MLP(int(data_dim), hidden, self.num_vars * self.param_dim, activation)
 
@@ -112,8 +112,7 @@ class CategoricalLatent(nn.Module):
                  tau_prior: float | None = None, hard: bool = False):
         super().__init__()
         for name, v, lo in (("num_vars", num_vars, 1), ("num_classes", num_classes, 2)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+            check_int(name, v, lo)
         if not callable(kl) and kl not in KL_CHOICES:
             raise ValueError(f"kl must be one of {KL_CHOICES} or a callable, got {kl!r}")
         if tau_prior is not None and kl in ("relaxed_exact", "recab", "categorical"):
@@ -233,8 +232,7 @@ class CategoricalVAE(BatchMixin, nn.Module):
                                                                           tau_prior, hard)
         self.num_vars, self.num_classes = self.latent.num_vars, self.latent.num_classes
         self.tau_schedule = _as_schedule(tau)
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (0 <= beta < math.inf):
-            raise ValueError(f"beta must be a number >= 0 and finite, got {beta!r}")
+        check_number("beta", beta, 0.0)
         self.beta, self.binarize = float(beta), binarize
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 

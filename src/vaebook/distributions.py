@@ -39,6 +39,7 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.kl import register_kl
 
 from .divergences import kl_normal_diag
+from .utils import check_int, check_number
 
 __all__ = [
     "log_softmax_pp",
@@ -117,8 +118,7 @@ def _check_temperature(temperature, loc: torch.Tensor, name: str = "temperature"
 
 
 def _check_delta(delta) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 < delta < math.inf):
-        raise ValueError(f"delta must be a number > 0 and finite (allowed range: 0 < delta < inf), got {delta!r}")
+    check_number("delta", delta, 0.0, strict=True)
     return float(delta)
 
 
@@ -254,8 +254,7 @@ class PlanarFlow(nn.Module):
     def __init__(self, dim: int, num_layers: int = 2, init_scale: float = 0.1, generator=None):
         super().__init__()
         for name, v in (("dim", dim), ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(name, v)
         self.dim, self.num_layers = int(dim), int(num_layers)
         self.u = nn.Parameter(init_scale * torch.randn(num_layers, dim, generator=generator))
         self.w = nn.Parameter(init_scale * torch.randn(num_layers, dim, generator=generator) + 0.5)
@@ -609,8 +608,7 @@ def igr_kl_mc(q: IGR, p: IGR, num_samples: int = 1000, generator: torch.Generato
         raise ValueError("q and p must be IGR distributions")
     if q.num_classes != p.num_classes:
         raise ValueError(f"q and p must have the same K, got {q.num_classes} and {p.num_classes}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 2:
-        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+    check_int("num_samples", num_samples, 2)
     log_x = q.rsample_log((num_samples,), generator)
     lr = q.log_prob_log(log_x) - p.log_prob_log(log_x)
     est = lr.mean(0)
@@ -639,11 +637,9 @@ def igr_limit_probs(loc, scale, num_nodes: int = 5, panel: float = 1.5, u_max: f
     to sum to one. Differentiable in ``loc`` and ``scale``; computed in chunks (bounded memory).
     """
     loc, scale = _check_loc_scale(loc, scale)
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, numbers.Integral) or num_nodes < 1:
-        raise ValueError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
+    check_int("num_nodes", num_nodes)
     for name, v in (("panel", panel), ("u_max", u_max)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
-            raise ValueError(f"{name} must be a number > 0 and finite, got {v!r}")
+        check_number(name, v, 0.0, strict=True)
     batch, km1 = loc.shape[:-1], loc.shape[-1]
     loc, scale = loc.reshape(-1, km1), scale.reshape(-1, km1)
     x, w = np.polynomial.legendre.leggauss(int(num_nodes))
@@ -687,10 +683,8 @@ def uniform_prior(num_classes: int, scale: float = 1.0, dtype: torch.dtype | Non
     Returns:
         two tensors of shape ``(K-1,)``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (0 < scale < math.inf):
-        raise ValueError(f"scale must be a number > 0 and finite, got {scale!r}")
+    check_int("num_classes", num_classes, 2)
+    check_number("scale", scale, 0.0, strict=True)
     dtype = torch.get_default_dtype() if dtype is None else dtype
     K = int(num_classes)
     q = torch.tensor(K ** (-1.0 / (K - 1)), dtype=torch.float64)
@@ -715,11 +709,9 @@ def calibrate_uniform_prior(num_classes: int, family: str = "sb", scale: float =
     if family not in ("sb", "I", "planar"):
         raise ValueError(f"family must be 'sb', 'I' or 'planar', got {family!r}")
     for name, v, lo in (("num_classes", num_classes, 2), ("num_steps", num_steps, 0), ("num_samples", num_samples, 1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        check_int(name, v, lo)
     for name, v in (("scale", scale), ("tau", tau), ("lr", lr)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
-            raise ValueError(f"{name} must be a number > 0 and finite, got {v!r}")
+        check_number(name, v, 0.0, strict=True)
     if family == "planar" and not isinstance(flow, PlanarFlow):
         raise ValueError(f"flow must be a PlanarFlow with dim = num_classes - 1 for family='planar', got {flow!r}")
     K = int(num_classes)

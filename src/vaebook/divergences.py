@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from .utils import check_int
 
 __all__ = ["kl_normal_diag", "kl_mvn", "kl_categorical", "kl_mc"]
 
@@ -211,8 +212,7 @@ def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = Non
     Returns:
         the estimate, shape ``q.batch_shape``, or ``(estimate, stderr)`` if ``return_stderr``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+    check_int("num_samples", num_samples, 2)
     if q.event_shape != p.event_shape:
         raise ValueError(f"q and p must have the same event shape, got {tuple(q.event_shape)} and "
                          f"{tuple(p.event_shape)}")

@@ -23,12 +23,12 @@ import numbers
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.distributions import kl_divergence
 
 from .discrete_vae import CategoricalLatent, CategoricalVAE
 from .distributions import (IGR, IGRPlanar, IGRStickBreaking, PlanarFlow, calibrate_uniform_prior,
                             igr_limit_probs, log_softmax_pp, uniform_prior)
+from .utils import check_int, check_number
 
 __all__ = ["FAMILIES", "IGRLatent", "build"]
 
@@ -64,14 +64,10 @@ class IGRLatent(CategoricalLatent):
         super().__init__(num_vars, num_classes, kl=_igr_kl, prior="uniform")
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 < delta < math.inf):
-            raise ValueError(f"delta must be a number > 0, got {delta!r}")
-        if isinstance(limit_samples, bool) or not isinstance(limit_samples, numbers.Integral) or limit_samples < 10:
-            raise ValueError(f"limit_samples must be an int >= 10, got {limit_samples!r}")
-        if isinstance(num_flows, bool) or not isinstance(num_flows, numbers.Integral) or num_flows < 1:
-            raise ValueError(f"num_flows must be an int >= 1, got {num_flows!r}")
-        if isinstance(prior_scale, bool) or not isinstance(prior_scale, numbers.Real) or not 0 < prior_scale < math.inf:
-            raise ValueError(f"prior_scale must be a number > 0 and finite, got {prior_scale!r}")
+        check_number("delta", delta, 0.0, strict=True)
+        check_int("limit_samples", limit_samples, 10)
+        check_int("num_flows", num_flows)
+        check_number("prior_scale", prior_scale, 0.0, strict=True)
         lo_hi = tuple(log_scale_range)
         if len(lo_hi) != 2 or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in lo_hi) \
                 or not lo_hi[0] < lo_hi[1]:

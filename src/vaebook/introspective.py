@@ -32,6 +32,7 @@ from .data import EIGHT_GAUSSIANS_CENTRES, toy2d
 from .divergences import kl_normal_diag
 from .models import VAE, BernoulliDecoder, GaussianDecoder, GaussianEncoder
 from .train import History, save_checkpoint
+from .utils import check_int
 
 __all__ = [
     "reconstruction_error", "SoftIntroVAE", "IntroVAE", "train_introspective",
@@ -310,8 +311,7 @@ def train_introspective(model: _Introspective, next_batch: Callable[[], torch.Te
     from tqdm.auto import tqdm
 
     for name, v, lo in (("num_iters", num_iters, 0), ("num_vae", num_vae, 0), ("log_every", log_every, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        check_int(name, v, lo)
     for name, v in (("lr", lr), ("lr_d", lr if lr_d is None else lr_d)):
         if not (0 < v < math.inf):
             raise ValueError(f"{name} must be a number > 0 and finite, got {v!r}")
@@ -418,8 +418,7 @@ def grid(lim: float, n: int) -> tuple[torch.Tensor, float]:
     """``(points, cell_area)``: the ``n x n`` cell centres of ``[-lim, lim]^2`` as ``(n*n, 2)`` (row ``i`` = y index,
     column ``j`` = x index, so ``values.reshape(n, n)`` is an image with ``origin="lower"``)."""
     _check_lim(lim)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    check_int("n", n)
     h = 2 * lim / n
     c = -lim + h * (torch.arange(n, dtype=torch.float32) + 0.5)
     yy, xx = torch.meshgrid(c, c, indexing="ij")
@@ -480,8 +479,7 @@ def _check_lim(lim) -> None:
 def histogram2d(x: torch.Tensor, lim: float, bins: int = 100) -> np.ndarray:
     """Bin probabilities ``(bins, bins)`` of the points of ``x`` inside ``[-lim, lim]^2`` (they sum to 1)."""
     _check_lim(lim)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    check_int("bins", bins)
     x = np.asarray(x.detach().cpu().double() if torch.is_tensor(x) else x)
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"x must have shape (N, 2), got {x.shape}")

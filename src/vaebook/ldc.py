@@ -80,8 +80,7 @@ class ParticleEncoder(nn.Module):
         super().__init__()
         if activation not in _ACT:
             raise ValueError(f"activation must be one of {sorted(_ACT)}, got {activation!r}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int("latent_dim", latent_dim)
         check_int("data_dim", data_dim)
         hidden = tuple(hidden)
         if not hidden:
@@ -96,8 +95,7 @@ class ParticleEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, num_particles: int = 1, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        check_int("num_particles", num_particles)
         h = self.trunk(x.flatten(start_dim=1) if x.dim() > 2 else x)  # (B, H)
         mu, raw = self.gauss(h).chunk(2, dim=-1)
         b = self.logvar_bound
@@ -151,8 +149,7 @@ class LDCVAE(BatchMixin, nn.Module):
     def __init__(self, enc: ParticleEncoder, dec: nn.Module, latent_dim: int | None = None, num_particles: int = 8,
                  lam: float = 1.0, rule: str = "code", binarize: str | None = "dynamic"):
         super().__init__()
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
-            raise ValueError(f"num_particles must be an int >= 2 (SVGD needs a particle set), got {num_particles!r}")
+        check_int("num_particles", num_particles, 2)
         check_number("lam", lam, 0.0, strict=True)
         if rule not in BANDWIDTH_RULES:
             raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from .utils import check_int
 
 __all__ = ["iwae_bound", "elbo", "evaluate", "gradient_samples"]
 
@@ -27,12 +28,10 @@ def iwae_bound(model, x: torch.Tensor, k: int = 5000, chunk_size: int | None = N
     Returns:
         ``(B,)`` in nats (higher is better; the negative is the usual "NLL" estimate).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_int("k", k)
     if chunk_size is None:
         chunk_size = max(1, 8192 // max(1, x.shape[0]))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     was_training = model.training
     model.eval()
     try:
@@ -54,8 +53,7 @@ def elbo(model, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
 
     With a closed-form KL the model's own ``elbo`` has lower variance; this generic version only needs ``log_weights``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_int("num_samples", num_samples)
     was_training = model.training
     model.eval()
     try:
@@ -74,8 +72,7 @@ def evaluate(model, data, k: int | None = None, batch_size: int = 500, chunk_siz
     """
     from tqdm.auto import tqdm
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"k must be a positive int or None, got {k!r}")
     if torch.is_tensor(data):
@@ -117,8 +114,7 @@ def gradient_samples(loss_fn, params, repeats: int = 100) -> torch.Tensor:
     ``g.var(0).sum()``; the bias of one estimator against another is the difference of ``g.mean(0)``.
     """
     params = [p for p in params]
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
-        raise ValueError(f"repeats must be an int >= 2, got {repeats!r}")
+    check_int("repeats", repeats, 2)
     rows = []
     for _ in range(repeats):
         grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)

@@ -34,16 +34,11 @@ from .divergences import kl_normal_diag
 from .mixtures import kl_gmm
 from .models import MLP, BatchMixin, BernoulliDecoder
 from .relaxed import _as_tau, gumbel_softmax
+from .utils import check_int
 
 __all__ = ["GumbelMixtureVAE", "GMVAE", "relaxed_mixture_sample", "cluster_accuracy", "kmeans"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _pos_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 def _diag_log_normal(z, mean, logvar):
@@ -110,8 +105,8 @@ class GumbelMixtureVAE(_Base):
                  hidden: Sequence[int] = (256,), activation: str = "relu", tau: float = 1.0, hard: bool = False,
                  kl: str = "matched", prior_spread: float = 1.0, binarize: str | None = "dynamic"):
         super().__init__()
-        self.latent_dim = _pos_int("latent_dim", latent_dim)
-        self.num_components = _pos_int("num_components", num_components)
+        self.latent_dim = check_int("latent_dim", latent_dim)
+        self.num_components = check_int("num_components", num_components)
         if not (isinstance(tau, (int, float)) and tau > 0 and math.isfinite(tau)):
             raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
         if kl not in ("matched", "variational_upper"):
@@ -245,10 +240,10 @@ class GMVAE(_Base):
                  activation: str = "relu", free_bits: float = 0.5, cond_prior: str = "analytic",
                  binarize: str | None = "dynamic"):
         super().__init__()
-        self.latent_dim = _pos_int("latent_dim", latent_dim)
-        self.w_dim = _pos_int("w_dim", w_dim)
-        self.num_components = _pos_int("num_components", num_components)
-        _pos_int("prior_hidden", prior_hidden)
+        self.latent_dim = check_int("latent_dim", latent_dim)
+        self.w_dim = check_int("w_dim", w_dim)
+        self.num_components = check_int("num_components", num_components)
+        check_int("prior_hidden", prior_hidden)
         if not (isinstance(free_bits, (int, float)) and free_bits >= 0):
             raise ValueError(f"free_bits must be a number >= 0, got {free_bits!r}")
         if cond_prior not in ("analytic", "sample"):
@@ -385,9 +380,8 @@ def cluster_accuracy(clusters, labels, method: str = "majority") -> float:
 
 def kmeans(z: torch.Tensor, k: int, num_iters: int = 50, generator: torch.Generator | None = None) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding on ``z`` ``(N, D)``; returns cluster indices ``(N,)``."""
-    _pos_int("k", k)
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
-        raise ValueError(f"num_iters must be an int >= 0, got {num_iters!r}")
+    check_int("k", k)
+    check_int("num_iters", num_iters, 0)
     z = torch.as_tensor(z, dtype=torch.float64)
     if z.dim() != 2 or z.shape[0] < k:
         raise ValueError(f"z must have shape (N, D) with N >= k={k}, got {tuple(z.shape)}")

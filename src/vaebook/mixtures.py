@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.distributions import Independent, MixtureSameFamily, MultivariateNormal, Normal
+from .utils import check_int
 
 __all__ = [
     "METHODS",
@@ -427,8 +428,7 @@ def _vub_value(log_pi, log_om, log_r, d):
 
 def _kl_variational_upper(log_pi, f, log_om, g, batch, num_iters=50, tol=1e-12, unroll=False,
                           return_history=False):
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
-        raise ValueError(f"num_iters must be an int >= 0, got {num_iters!r}")
+    check_int("num_iters", num_iters, 0)
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     d = _pairwise_kl(f, g)  # (..., A, B)
@@ -489,15 +489,13 @@ def _kl_unscented(log_pi, f, log_om, g, sigma_points="eigh"):
 
 
 def _kl_mc(log_pi, f, log_om, g, batch, num_samples=10_000, generator=None, seed=None, return_stderr=False):
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_int("num_samples", num_samples)
     if return_stderr and num_samples < 2:
         raise ValueError("num_samples must be >= 2 for return_stderr=True")
     if generator is not None and seed is not None:
         raise ValueError("give at most one of generator and seed")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_int("seed", seed, 0)
         generator = torch.Generator(device=f.loc.device)
         generator.manual_seed(seed)
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -32,8 +32,7 @@ class MLP(nn.Sequential):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         for name, v in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, v)
         hidden = tuple(hidden)
         if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden):
             raise ValueError(f"hidden must be a sequence of positive ints (layer widths), got {hidden!r}")
@@ -58,8 +57,7 @@ class GaussianEncoder(nn.Module):
                  logvar_bound: float = 12.0):
         super().__init__()
         check_int("data_dim", data_dim)
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        check_int("latent_dim", latent_dim)
         self.latent_dim = latent_dim
         self.logvar_bound = check_number("logvar_bound", logvar_bound, 0.0, strict=True)
         self.net = MLP(data_dim, hidden, 2 * latent_dim, activation)

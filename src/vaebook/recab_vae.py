@@ -47,6 +47,7 @@ from .discrete_vae import KL_CHOICES, CategoricalLatent, CategoricalVAE, jang_sc
 from .divergences import kl_categorical, kl_normal_diag
 from .models import MLP, BernoulliDecoder
 from .relaxed import exp_concrete_log_prob, recab, relaxed_kl_equal_tau_exact
+from .utils import check_int, check_number
 
 __all__ = ["JointEncoder", "ReCABVAE", "discrete_kl_per_variable", "code_purity", "RECIPE", "ARMS", "build",
            "train"]
@@ -86,8 +87,7 @@ class JointEncoder(nn.Module):
         super().__init__()
         for name, v, lo in (("data_dim", data_dim, 1), ("latent_dim", latent_dim, 1), ("num_vars", num_vars, 1),
                             ("num_classes", num_classes, 2)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+            check_int(name, v, lo)
         if isinstance(logvar_bound, bool) or not isinstance(logvar_bound, numbers.Real) \
                 or not 0 < logvar_bound < math.inf:
             raise ValueError(f"logvar_bound must be a number > 0 and finite, got {logvar_bound!r}")
@@ -131,12 +131,9 @@ class ReCABVAE(CategoricalVAE):
         if callable(kl) or kl not in KL_CHOICES:
             raise ValueError(f"kl must be one of {KL_CHOICES}, got {kl!r}")
         for name, v in (("beta", beta), ("beta_c", beta_c), ("free_bits", free_bits)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= v < math.inf):
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, numbers.Integral) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be an int >= 1, got {latent_dim!r}")
+            check_number(name, v, 0.0)
+        check_int("warmup_steps", warmup_steps, 0)
+        check_int("latent_dim", latent_dim)
         latent = CategoricalLatent(num_vars, num_classes, kl=kl, prior="uniform")
         super().__init__(enc, dec, kl=kl, tau=tau, beta=beta, binarize=binarize, latent=latent)
         self.latent_dim = int(latent_dim)
@@ -277,8 +274,7 @@ def code_purity(train_codes, train_labels, test_codes, test_labels, num_classes:
         train_codes, test_codes: ``(M,)`` integer codes in ``[0, num_classes)`` or ``(M, num_classes)`` probabilities;
         train_labels, test_labels: ``(M,)`` integer labels.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    check_int("num_classes", num_classes)
 
     def joint(codes, labels):
         codes, labels = torch.as_tensor(codes), torch.as_tensor(labels)

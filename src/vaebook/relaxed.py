@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, TransformedDistribution, constraints
 from torch.distributions.kl import register_kl
 from torch.distributions.transforms import ExpTransform
+from .utils import check_int, check_number
 
 __all__ = [
     "sample_gumbel",
@@ -591,8 +592,7 @@ def relaxed_kl(q_logits, p_logits, tau_q, tau_p=None, num_samples: int = 1000,
             f"q_logits, p_logits, tau_q, tau_p must broadcast, got batch shapes {tuple(q_logits.shape[:-1])}, "
             f"{tuple(p_logits.shape[:-1])}, {tuple(tq.shape)}, {tuple(tp.shape)}"
         ) from None
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    check_int("num_samples", num_samples)
     if return_stderr and num_samples < 2:
         raise ValueError("num_samples must be >= 2 to estimate a standard error (return_stderr=True)")
     per_sample = max(1, math.prod(batch) * K)
@@ -743,8 +743,7 @@ def recab(q_logits, p_logits, *, tau_q=None, tau_p=None) -> torch.Tensor:
 
 
 def _check_step(step) -> int:
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    check_int("step", step, 0)
     return int(step)
 
 
@@ -766,12 +765,9 @@ def tau_schedule(step: int, tau0: float = 1.0, tau_min: float = 0.5, rate: float
     """
     step = _check_step(step)
     for name, v in (("tau0", tau0), ("tau_min", tau_min)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < math.inf):
-            raise ValueError(f"{name} must be > 0 and finite, got {v!r}")
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0 <= rate < math.inf):
-        raise ValueError(f"rate must be >= 0 and finite, got {rate!r}")
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-        raise ValueError(f"every must be an int >= 1, got {every!r}")
+        check_number(name, v, 0.0, strict=True)
+    check_number("rate", rate, 0.0)
+    check_int("every", every)
     t = (step // every) * every
     return max(float(tau_min), float(tau0) * math.exp(-float(rate) * t))
 

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from .utils import check_int
 
 __all__ = [
     "BANDWIDTH_RULES",
@@ -99,8 +100,7 @@ def _resolve_score(x: torch.Tensor, score) -> torch.Tensor:
 
 
 def _check_block(block_size) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    check_int("block_size", block_size)
     return block_size
 
 
@@ -224,8 +224,7 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
     x = _check_x(x)
     if rule not in BANDWIDTH_RULES:
         raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
-    if isinstance(median_sample, bool) or not isinstance(median_sample, int) or median_sample < 2:
-        raise ValueError(f"median_sample must be an int >= 2, got {median_sample!r}")
+    check_int("median_sample", median_sample, 2)
     n = x.shape[-2]
     batch = x.shape[:-2]
     if n == 1:
@@ -523,8 +522,7 @@ class SVGD:
     def run(self, x: torch.Tensor, num_iter: int, record_at: Sequence[int] = (), progress: bool = False
             ) -> torch.Tensor:
         """``num_iter`` steps from ``x`` (continuing the step-size state); returns the final particles."""
-        if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 0:
-            raise ValueError(f"num_iter must be a non-negative int, got {num_iter!r}")
+        check_int("num_iter", num_iter, 0)
         from tqdm.auto import tqdm
 
         record = set(int(r) for r in record_at)
@@ -589,8 +587,7 @@ class ResidualSampler(nn.Module):
         from .models import MLP
 
         for name, v in (("noise_dim", noise_dim), ("out_dim", out_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, v)
         if not math.isfinite(scale):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
         if scale != 0 and noise_dim < out_dim:
@@ -613,8 +610,7 @@ class NoiseBatches:
     def __init__(self, batch_size: int, noise_dim: int, num_batches: int, seed: int = 0,
                  dtype: torch.dtype = torch.float32, device=None):
         for name, v in (("batch_size", batch_size), ("noise_dim", noise_dim), ("num_batches", num_batches)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, v)
         self.batch_size, self.noise_dim, self.num_batches = batch_size, noise_dim, num_batches
         self.dtype, self.device = dtype, device
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -643,8 +639,7 @@ class AmortizedSVGD(nn.Module):
         super().__init__()
         if not callable(score):
             raise TypeError("score must be a callable x -> grad log p(x) (see score_from_log_prob)")
-        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
-            raise ValueError(f"noise_dim must be a positive int, got {noise_dim!r}")
+        check_int("noise_dim", noise_dim)
         if rule not in BANDWIDTH_RULES:
             raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
         self.sampler, self.score, self.noise_dim = sampler, score, int(noise_dim)
@@ -691,8 +686,7 @@ def ring_target(num_modes: int = 8, radius: float = 2.0, std: float = 0.2, dtype
     ``target.component_distribution.mean``."""
     from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
-        raise ValueError(f"num_modes must be a positive int, got {num_modes!r}")
+    check_int("num_modes", num_modes)
     if not 0 <= radius < math.inf:
         raise ValueError(f"radius must be a number >= 0 and finite, got {radius!r}")
     if not 0 < std < math.inf:
@@ -768,8 +762,7 @@ def measure(fn: Callable, *args, repeats: int = 3, **kwargs) -> dict:
     """Time and peak tensor memory of ``fn(*args, **kwargs)`` on the CPU: ``{"seconds": min over repeats,
     "peak_bytes": from one extra run under :func:`peak_memory`}``. The minimum of repeated runs is the robust
     statistic on a shared machine (notes ``build_pitfalls.md`` §9)."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    check_int("repeats", repeats)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import set_seed
+from .utils import check_int, set_seed
 
 __all__ = ["History", "fit", "save_checkpoint", "load_checkpoint", "CheckpointError"]
 
@@ -74,8 +74,7 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
     """
     from tqdm.auto import tqdm
 
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
-        raise ValueError(f"num_epochs must be a non-negative int, got {num_epochs!r}")
+    check_int("num_epochs", num_epochs, 0)
     if not (0 < lr < math.inf):
         raise ValueError(f"lr must be > 0 and finite, got {lr!r}")
     if grad_clip is not None and not (0 < grad_clip < math.inf):

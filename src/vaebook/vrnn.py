@@ -43,6 +43,7 @@ from torch import nn
 from .divergences import kl_categorical, kl_normal_diag
 from .models import MLP
 from .relaxed import gumbel_max, gumbel_softmax
+from .utils import check_int, check_number
 
 __all__ = ["VRNN", "GMVRNN", "LSTMBaseline", "log_normal_diag", "split_mask", "CONFIGS", "build", "train",
            "build_vrnn", "train_vrnn", "build_lstm", "train_lstm", "build_gmvrnn_a", "train_gmvrnn_a",
@@ -118,8 +119,7 @@ class _RecurrentLatent(nn.Module):
     def __init__(self, x_dim, h_dim, z_dim, feat_dim, cell, binarize):
         super().__init__()
         for name, v in (("x_dim", x_dim), ("h_dim", h_dim), ("z_dim", z_dim), ("feat_dim", feat_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, v)
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
         if binarize not in (None, "dynamic"):
@@ -318,8 +318,7 @@ class VRNN(_RecurrentLatent):
     def __init__(self, x_dim: int = 28, h_dim: int = 128, z_dim: int = 16, feat_dim: int = 64, cell: str = "lstm",
                  min_logvar: float = -9.0, beta: float = 1.0, binarize: str | None = "dynamic"):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
-            raise ValueError(f"beta must be a number >= 0 and finite, got {beta!r}")
+        check_number("beta", beta, 0.0)
         self.prior = _GaussHead(h_dim, (feat_dim,), z_dim, min_logvar)
         self.enc = _GaussHead(feat_dim + h_dim, (feat_dim,), z_dim, min_logvar)
         self.beta = float(beta)
@@ -403,14 +402,10 @@ class GMVRNN(_RecurrentLatent):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
         if variant not in ("gumbel", "gmvae"):
             raise ValueError(f"variant must be 'gumbel' or 'gmvae', got {variant!r}")
-        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
-            raise ValueError(f"num_components must be a positive int, got {num_components!r}")
-        if isinstance(w_dim, bool) or not isinstance(w_dim, int) or w_dim < 1:
-            raise ValueError(f"w_dim must be a positive int, got {w_dim!r}")
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
-            raise ValueError(f"tau must be a number > 0 and finite, got {tau!r}")
-        if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not 0 <= free_bits < math.inf:
-            raise ValueError(f"free_bits must be a number >= 0 and finite, got {free_bits!r}")
+        check_int("num_components", num_components)
+        check_int("w_dim", w_dim)
+        check_number("tau", tau, 0.0, strict=True)
+        check_number("free_bits", free_bits, 0.0)
         self.variant, self.K, self.w_dim = variant, num_components, w_dim
         self.tau, self.hard, self.free_bits = float(tau), bool(hard), float(free_bits)
         k = num_components
@@ -537,8 +532,7 @@ class LSTMBaseline(nn.Module):
                  binarize: str | None = "dynamic"):
         super().__init__()
         for name, v in (("x_dim", x_dim), ("h_dim", h_dim), ("feat_dim", feat_dim), ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, v)
         if binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
         self.x_dim, self.h_dim, self.binarize = x_dim, h_dim, binarize
