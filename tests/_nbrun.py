@@ -194,11 +194,18 @@ def mask_timing_columns(text: str) -> str:
 
 
 def normalise(text: str) -> str:
-    """Mask wall-clock timings, rates, addresses and temporary paths; keep every other character."""
+    """Mask wall-clock timings, rates, addresses and temporary paths; keep every other character.
+
+    A timing printed right-aligned (``f"{t:8.1f} µs"``) is padded by as many blanks as its number is short, so the
+    blanks in front of a masked timing or rate are collapsed to one.
+    """
     text = mask_timing_columns(drop_overwritten(text))
     for pattern, repl in _MASKS:
         text = pattern.sub(repl, text)
-    return text
+    return _PADDED_MASK.sub(r" \1", text)
+
+
+_PADDED_MASK = re.compile(r"[ \t]{2,}(<time>|<rate>)")
 
 
 def printed(nb) -> list[dict]:

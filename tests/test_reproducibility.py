@@ -69,6 +69,15 @@ def test_normalise_keeps_every_other_number(text):
     assert _nbrun.normalise(text) == text
 
 
+def test_normalise_ignores_the_padding_of_right_aligned_timings():
+    a = "        exact relaxed KL:  12.3 µs\n   bound (recab):    8.1 µs"
+    b = "        exact relaxed KL: 123.4 µs\n   bound (recab):   18.0 µs"
+    assert _nbrun.normalise(a) == _nbrun.normalise(b) == ("        exact relaxed KL: <time>\n"
+                                                          "   bound (recab): <time>")
+    # leading indentation and the blanks between other fields are kept
+    assert _nbrun.normalise("   KL  1.25  12.3 ms") == "   KL  1.25 <time>"
+
+
 def test_normalise_keeps_the_final_state_of_a_redrawn_line():
     bar = "\r  0%|          | 0/3 [00:00<?, ?it/s]\r 67%|######6   | 2/3 [00:01<00:00, 1.9it/s, loss=101.25]"
     assert _nbrun.normalise(bar + "\nELBO -99.5\n") == " 67%|######6   | 2/3 [<elapsed>, loss=101.25]\nELBO -99.5\n"
