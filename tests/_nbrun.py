@@ -26,7 +26,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-CELL_TIMEOUT = 300  # seconds per cell, as nbval runs the chapters (pyproject.toml: --nbval-cell-timeout=300)
+CELL_TIMEOUT = 300  # seconds per cell, as the book build runs the chapters (_config.yml: execute.timeout)
 
 FORBIDDEN = "network access is forbidden in this test"
 

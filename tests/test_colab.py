@@ -48,6 +48,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.book
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 RUNNER = Path(__file__).with_name("_colab_runner.py")

@@ -38,6 +38,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+pytestmark = pytest.mark.book
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 ARTIFACTS = Path(os.environ.get("VAEBOOK_ARTIFACTS", ROOT / "_build" / "artifacts"))
@@ -95,15 +97,50 @@ def _skip_or_fail(msg: str):
 BUILT_BESIDE_OTHER_WORKERS = False
 
 
+def _build_stamp():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_vaebook_build_stamp", BOOK / "_ext" / "build_stamp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def current_build(html: Path = ROOT / "_build" / "html") -> tuple[Path | None, str]:
+    """``(html, "")`` if ``html`` is the README's strict executed build of the sources as they are now; else
+    ``(None, why not)``. Read from the stamp that ``book/_ext/build_stamp.py`` writes at the end of a build."""
+    stamps = _build_stamp()
+    path = html / stamps.STAMP
+    if not path.is_file():
+        return None, f"no finished build at {html}"
+    stamp = json.loads(path.read_text())
+    if stamp.get("fingerprint") != stamps.fingerprint(ROOT):
+        return None, f"the sources changed since the build of {stamp.get('built')}"
+    if stamp.get("execution_mode") != "force":
+        return None, f"that build did not execute the chapters (execution mode {stamp.get('execution_mode')!r})"
+    if not (stamp.get("strict") and stamp.get("nitpicky")):
+        return None, "that build was not the strict one (-W -n)"
+    if stamp.get("warnings") != 0:
+        return None, f"that build had {stamp.get('warnings')} warning(s)"
+    return html, ""
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """The README's build command on a copy of the book; returns ``_build/html``.
+    """The README's strict executed build; returns its ``_build/html``.
 
-    ``VAEBOOK_SITE=path/to/_build/html`` checks an existing build instead (for authors iterating on the checks).
+    In order: ``VAEBOOK_SITE=path/to/_build/html`` (an existing build, for authors iterating on the checks); the
+    README's first command's ``_build/html`` when it is current (:func:`current_build`: built strictly, every
+    chapter executed, no warning, from the sources as they are now), so a test run after that command executes no
+    chapter for the site; else the README's build command on a copy of the book, once per test run.
     """
     global BUILT_BESIDE_OTHER_WORKERS
     if os.environ.get("VAEBOOK_SITE"):
         return Path(os.environ["VAEBOOK_SITE"]).resolve()
+    html, why = current_build()
+    if html is not None:
+        return html
+    print(f"building the book for the browser tests: {why}")
     BUILT_BESIDE_OTHER_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
     jb = shutil.which("jupyter-book")
     if jb is None:
@@ -124,6 +161,20 @@ def site(tmp_path_factory) -> Path:
             shutil.copytree(reports, ARTIFACTS / "reports", dirs_exist_ok=True)
         pytest.fail("the strict executed build failed:\n" + log[-8000:])
     return src / "_build" / "html"
+
+
+def test_a_build_is_reused_only_while_it_is_current(tmp_path):
+    """The stamp decides: same sources, executed, strict, no warning; anything else rebuilds (and says why)."""
+    stamps = _build_stamp()
+    good = {"fingerprint": stamps.fingerprint(ROOT), "execution_mode": "force", "warnings": 0,
+            "strict": True, "nitpicky": True, "built": "now"}
+    assert current_build(tmp_path)[0] is None and "no finished build" in current_build(tmp_path)[1]
+    for change, why in [({}, ""), ({"fingerprint": "0" * 64}, "sources changed"),
+                        ({"execution_mode": "off"}, "did not execute"), ({"nitpicky": False}, "strict"),
+                        ({"warnings": 2}, "2 warning")]:
+        (tmp_path / stamps.STAMP).write_text(json.dumps({**good, **change}))
+        html, reason = current_build(tmp_path)
+        assert (html is not None) == (not why) and why in reason, (change, reason)
 
 
 def test_strict_executed_build(site):

@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Exercise", "find_exercises", "student_edition", "write_student_editions", "grade", "main"]
+__all__ = ["Exercise", "find_exercises", "student_edition", "write_student_editions", "grade", "score_executed",
+           "main"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _EX_START = re.compile(r"```\{exercise-start\}[^\n]*\n(?::[^\n]*\n)*?:label:\s*(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
@@ -372,9 +373,14 @@ def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 6
         missing = f"not run: {why}"
     elif any(err == "the kernel died" for _, err in status.values()):
         missing = "not run: the kernel died"
+    return _score(str(path), exercises, status, seconds, attempts, missing)
+
+
+def _score(name: str, exercises, status: dict, seconds: float, attempts: int, missing: str = "not run") -> dict:
+    """The result dict of :func:`grade` from each code cell's ``(passed, error)`` (cells absent: ``missing``)."""
     graded_idx = {i for ex in exercises for i in ex.graded_cells}
     other_errors = sum(1 for i, (ok, _) in status.items() if not ok and i not in graded_idx)
-    result = {"notebook": str(path), "exercises": [], "total": 0.0, "max_total": 0.0,
+    result = {"notebook": name, "exercises": [], "total": 0.0, "max_total": 0.0,
               "seconds": round(seconds, 1), "errors_outside_checks": other_errors, "attempts": attempts}
     for ex in exercises:
         checks = []
@@ -387,6 +393,22 @@ def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 6
         result["total"] += points
         result["max_total"] += ex.max_points
     return result
+
+
+def score_executed(nb, name: str = "") -> dict:
+    """Score a notebook that was already executed (for instance by the test suite), without running it again.
+
+    A graded check passes when its cell ran (it has an execution count) and has no ``error`` output; a cell that
+    did not run fails with "not run". Returns the same dict as :func:`grade` (``seconds`` 0, ``attempts`` 0).
+    """
+    nb = _load(nb) if isinstance(nb, (str, Path)) else nb
+    status: dict[int, tuple[bool, str]] = {}
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or cell.get("execution_count") is None:
+            continue
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        status[i] = (False, f"{errors[0].get('ename')}: {errors[0].get('evalue')}") if errors else (True, "")
+    return _score(name, find_exercises(nb), status, 0.0, 0)
 
 
 def _print_result(r: dict) -> None:
