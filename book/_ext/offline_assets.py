@@ -15,6 +15,10 @@ Loaded from ``_config.yml`` with ``sphinx: local_extensions: {offline_assets: bo
   ("Identifier 'THEBE_JS_URL' has already been declared"), so identical inline scripts are dropped from each page;
   and pydata-sphinx-theme logs "Got invalid theme mode" when ``default_mode`` is empty, so it is set to ``light``
   (the figures have white backgrounds).
+* The two badges at the top of each chapter ("Open in Colab", "View on GitHub") stay absolute URLs in the notebooks,
+  where Colab and GitHub show them; on the site they are served from ``_static/badges`` (:data:`BADGES`).
+* ``static/vaebook.css``: printed outputs (and the library excerpts that ``show_source`` prints) wrap at the column's
+  edge instead of scrolling sideways; code cells are formatted to fit the column instead.
 * ``static/widget_support.js``, loaded before the HTML manager on pages with widgets, fixes two things the manager
   did on this site: it typesets widget labels with MathJax 2's ``MathJax.Hub.Queue`` (MathJax 3 has no ``Hub``: every
   widget threw "Cannot read properties of undefined (reading 'Queue')"), and it looked for its fonts beside the page
@@ -93,6 +97,26 @@ def _drop_duplicate_inline_scripts(app: Sphinx, pagename, templatename, context,
     scripts[:] = kept
 
 
+# The chapters' badges are absolute URLs in the notebooks (Colab and GitHub show the same cell); on this site they
+# are served from its own static files, so that they show offline.
+BADGES = {
+    "https://colab.research.google.com/assets/colab-badge.svg": "_static/badges/colab-badge.svg",
+    "https://img.shields.io/badge/view%20on-GitHub-black?logo=github": "_static/badges/github-badge.svg",
+}
+
+
+def _local_badges(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    """Point the badge images of a page at the site's own copies (``book/_ext/static/badges``)."""
+    body = context.get("body")
+    if not body or "pathto" not in context:
+        return
+    for remote, local in BADGES.items():
+        for quoted in (remote, remote.replace("&", "&amp;")):
+            if f'src="{quoted}"' in body:
+                body = body.replace(f'src="{quoted}"', f'src="{context["pathto"](local, 1)}"')
+    context["body"] = body
+
+
 def _on_build_finished(app: Sphinx, exception: Exception | None) -> None:
     if exception is not None or app.builder.format != "html":
         return
@@ -107,5 +131,7 @@ def setup(app: Sphinx) -> dict:
     # Priority 900: after Jupyter Book and MyST-NB have set their defaults (500).
     app.connect("config-inited", _on_config_inited, priority=900)
     app.connect("html-page-context", _drop_duplicate_inline_scripts, priority=900)
+    app.connect("html-page-context", _local_badges, priority=900)
+    app.add_css_file("vaebook.css")  # book/_ext/static/vaebook.css: printed outputs wrap at the column's edge
     app.connect("build-finished", _on_build_finished)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
