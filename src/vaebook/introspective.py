@@ -2,8 +2,9 @@
 
 The encoder of an introspective VAE doubles as a discriminator: real data should get a high ELBO, data produced by
 the decoder a low one. :class:`SoftIntroVAE` implements the soft exponential game of Daniel & Tamar (CVPR 2021)
-exactly as their reference code runs it (reference notes ``stein_and_introspection.md`` §3.2-3.3), and
-:class:`IntroVAE` the hinge game of Huang et al. (NeurIPS 2018) as its official code runs it (notes §2.2). Both are
+exactly as their reference code runs it (``taldatech/soft-intro-vae-pytorch``, ``train_soft_intro_vae.py`` and
+``soft_intro_vae_2d/train_soft_intro_vae_2d.py``), and :class:`IntroVAE` the hinge game of Huang et al. (NeurIPS 2018)
+as its official code runs it (``hhb072/IntroVAE``, ``main.py``). Both are
 subclasses of :class:`vaebook.models.VAE`, so they work with any encoder returning ``(q_mean, q_logvar)`` and any
 decoder of the library (``dec(z)`` a distribution, ``dec.mean(z)`` its mean), and keep ``elbo``, ``log_weights``
 (hence :func:`vaebook.metrics.iwae_bound`), ``sample`` and ``reconstruct``.
@@ -12,7 +13,8 @@ Training needs two optimisers and a fixed order of steps, so it has its own loop
 (``model.loss`` is the warm-up beta-VAE loss, so :func:`vaebook.train.fit` still trains the plain baseline).
 
 2-D metrics (:func:`grid_nll`, :func:`histogram_kl`, :func:`histogram_jsd`) are the textbook quantities; the
-``reference_*`` functions reproduce the reference code's metrics *with their quirks* (notes §3.4) so that numbers
+``reference_*`` functions reproduce the reference code's metrics *with their quirks* (the end of
+``train_soft_intro_vae_toy`` in ``soft_intro_vae_2d/train_soft_intro_vae_2d.py``) so that numbers
 can be set beside the paper's. Shipped results: ``python -m vaebook.pretrained train ch08_toy2d`` (all 2-D runs,
 several seeds) and ``... train ch08_mnist`` (MNIST); see :func:`train` and :func:`train_mnist`.
 """
@@ -146,7 +148,8 @@ class SoftIntroVAE(_Introspective):
 
     # -- the two players -----------------------------------------------------------------------------------
     def encoder_loss(self, x: torch.Tensor, z_prior: torch.Tensor):
-        """The encoder step's loss (steps 1-6 of the reference algorithm, notes §3.3).
+        """The encoder step's loss (step 1 of "One training iteration, exactly" in Chapter 8; reference code:
+        the encoder update of ``train_soft_intro_vae.py``).
 
         Returns ``(loss_e, logs, z)``; ``z`` (the real data's latent sample) is reused by :meth:`decoder_loss`.
         Generated data enter the encoder **detached** (``x_r.detach()``, ``fake.detach()``); the target ``x_r`` of
@@ -174,7 +177,7 @@ class SoftIntroVAE(_Introspective):
         return loss_e, logs, z
 
     def decoder_loss(self, x: torch.Tensor, z_prior: torch.Tensor, z: torch.Tensor):
-        """The decoder step's loss (steps 7-11, notes §3.3): ``(loss_d, logs)``.
+        """The decoder step's loss (step 2 of "One training iteration, exactly" in Chapter 8): ``(loss_d, logs)``.
 
         Uses the same prior noise and the encoder step's latent ``z`` (detached). The KL of generated data is
         back-propagated *through the (frozen) encoder* into the decoder; the re-encoded latents are detached before
@@ -230,18 +233,31 @@ class SoftIntroVAE(_Introspective):
 
 
 class IntroVAE(_Introspective):
-    r"""IntroVAE's hinge game (Huang et al., 2018) as the official code optimises it (notes §2.2), Chapter 8.
+    r"""IntroVAE's hinge game (Huang et al., 2018) as the official code optimises it (``hhb072/IntroVAE``,
+    ``main.py``, function ``train``), Chapter 8.
 
-    Encoder: :math:`w_{rec}\,\mathcal L_r+w_{kl}\big(\mathrm{KL}(x)+\tfrac12w_{neg}\sum_g[m-\mathrm{KL}(\mathrm{ng}\,x_g)]^+\big)`;
+    Encoder: :math:`w_{rec}\,\mathcal L_r+w_{kl}\big(\mathrm{KL}(x)
+    +\tfrac12w_{neg}\sum_g[m-\overline{\mathrm{KL}}(\mathrm{ng}\,x_g)]^+\big)` (bar: batch mean, see below);
     generator: :math:`\tfrac12w_{kl}\sum_g\mathrm{KL}(x_g)`, whose gradient is *added* to the decoder gradient that
     :math:`w_{rec}\mathcal L_r` left from the encoder step. ``m`` is the margin.
+
+    ``hinge_form`` says where the batch mean goes (:meth:`hinge_term`): ``"batch_mean"`` (default, the official
+    code: ``relu(m_plus - kl.mean())``, one hinge on the batch-mean KL of each kind of generated data) or
+    ``"per_example"`` (``relu(m - kl).mean()``, one hinge per generated example, then averaged). They differ as
+    soon as the batch straddles the margin: KLs (0, 10) with ``m = 3`` give 0 and 1.5. Which form the paper's
+    equation means is not verified against the paper; the default follows the code the authors published.
     """
 
+    HINGE_FORMS = ("batch_mean", "per_example")
+
     def __init__(self, enc, dec, latent_dim=None, margin: float = 120.0, w_rec: float = 0.05, w_kl: float = 1.0,
-                 w_neg: float = 0.5, rec_loss: str = "mse"):
+                 w_neg: float = 0.5, rec_loss: str = "mse", hinge_form: str = "batch_mean"):
         super().__init__(enc, dec, latent_dim, rec_loss)
         if not (0 < margin < math.inf):
             raise ValueError(f"margin must be > 0 and finite, got {margin!r}")
+        if hinge_form not in self.HINGE_FORMS:
+            raise ValueError(f"hinge_form must be one of {self.HINGE_FORMS}, got {hinge_form!r}")
+        self.hinge_form = hinge_form
         for name, v in (("w_rec", w_rec), ("w_kl", w_kl), ("w_neg", w_neg)):
             if not (0 <= v < math.inf):
                 raise ValueError(f"{name} must be a number >= 0 and finite, got {v!r}")
@@ -257,8 +273,16 @@ class IntroVAE(_Introspective):
         return loss, {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
 
     def hinge(self, kl_g: torch.Tensor) -> torch.Tensor:
-        """:math:`[m-\\mathrm{KL}]^+` per example: zero (and without gradient) once the KL exceeds the margin."""
+        """:math:`[m-\\mathrm{KL}]^+` elementwise: zero (and without gradient) once the KL exceeds the margin."""
         return torch.relu(self.margin - kl_g)
+
+    def hinge_term(self, kl_g: torch.Tensor) -> torch.Tensor:
+        """The encoder's hinge for one kind of generated data, a scalar, from the per-example KLs ``kl_g`` ``(B,)``:
+        ``hinge(kl_g.mean())`` for ``hinge_form="batch_mean"`` (the official code), ``hinge(kl_g).mean()`` for
+        ``"per_example"``."""
+        if self.hinge_form == "batch_mean":
+            return self.hinge(kl_g.mean())
+        return self.hinge(kl_g).mean()
 
     def train_step(self, x, opt_e, opt_d, warmup: bool = False, generator: torch.Generator | None = None):
         x = self._prepare(x)
@@ -270,7 +294,7 @@ class IntroVAE(_Introspective):
         x_r, x_p = self.generate(z), self.generate(z_prior)
         loss_rec = self.rec(x, z, x_r).mean()
         kl_real = _kl(q_mean, q_logvar).mean()
-        hinges = [self.hinge(_kl(*self.encode(x_g.detach()))).mean() for x_g in (x_r, x_p)]
+        hinges = [self.hinge_term(_kl(*self.encode(x_g.detach()))) for x_g in (x_r, x_p)]
         loss_e = self.w_rec * loss_rec + self.w_kl * (kl_real + 0.5 * self.w_neg * (hinges[0] + hinges[1]))
         opt_e.zero_grad(set_to_none=True)
         opt_d.zero_grad(set_to_none=True)  # the decoder keeps w_rec * rec's gradient from this backward
@@ -343,7 +367,7 @@ def train_introspective(model: _Introspective, next_batch: Callable[[], torch.Te
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 2-D toys: models and settings of the reference code (notes §3.4)
+# 2-D toys: models and settings of the reference code (soft_intro_vae_2d/ of taldatech/soft-intro-vae-pytorch)
 # ----------------------------------------------------------------------------------------------------------------
 
 #: recommended (beta_kl, beta_rec, beta_neg) of the reference 2-D code (README / main.py / issue #17)
@@ -378,18 +402,24 @@ def toy2d_model(name: str, width: int = 64, depth: int = 4, latent_dim: int = 2,
 
 
 def fit_toy2d(name: str, kind: str = "soft_intro", seed: int = 0, num_iters: int | None = None,
-              num_vae: int | None = None, progress: bool = False, **setting):
-    """Train a 2-D model with :data:`TOY2D_SETTING` (overridable): ``kind`` is ``"soft_intro"`` or ``"vae"`` (the
-    same model and betas trained only on the warm-up beta-VAE loss). The learning rate drops tenfold at the
-    fractions ``milestones`` of the run (the reference: 1/3 and 1/2 of 30,000 iterations).
-    Returns ``(model, history)``."""
-    if kind not in ("soft_intro", "vae"):
-        raise ValueError(f"kind must be 'soft_intro' or 'vae', got {kind!r}")
+              num_vae: int | None = None, progress: bool = False, model_kw: dict | None = None, **setting):
+    """Train a 2-D model with :data:`TOY2D_SETTING` (overridable): ``kind`` is ``"soft_intro"``, ``"vae"`` (the
+    same model and betas trained only on the warm-up beta-VAE loss) or ``"intro"`` (the same networks in an
+    :class:`IntroVAE`). ``model_kw`` are keyword arguments of the model: overrides of :func:`toy2d_model` (e.g.
+    ``beta_rec``, ``beta_kl``) for ``"soft_intro"`` / ``"vae"``, and :class:`IntroVAE`'s (``margin``, ``w_rec``,
+    ``w_kl``, ``w_neg``, ``hinge_form``) for ``"intro"``. The learning rate drops tenfold at the fractions
+    ``milestones`` of the run (the reference: 1/3 and 1/2 of 30,000 iterations). Returns ``(model, history)``."""
+    if kind not in ("soft_intro", "vae", "intro"):
+        raise ValueError(f"kind must be 'soft_intro', 'vae' or 'intro', got {kind!r}")
     cfg = dict(TOY2D_SETTING, **setting)
     n_it = cfg["num_iters"] if num_iters is None else num_iters
     n_vae = cfg["num_vae"] if num_vae is None else num_vae
     torch.manual_seed(seed)
-    model = toy2d_model(name, cfg["width"], cfg["depth"])
+    if kind == "intro":
+        base = toy2d_model(name, cfg["width"], cfg["depth"])
+        model = IntroVAE(base.enc, base.dec, base.latent_dim, **(model_kw or {}))
+    else:
+        model = toy2d_model(name, cfg["width"], cfg["depth"], **(model_kw or {}))
     g = torch.Generator().manual_seed(10_000 + seed)
     hist = train_introspective(model, lambda: toy2d(name, cfg["batch_size"], g), n_it, lr=cfg["lr"],
                                num_vae=n_it if kind == "vae" else n_vae,
@@ -457,7 +487,7 @@ def grid_nll(model, x: torch.Tensor, lim: float, n: int = 256, beta_rec: float =
 
 @torch.no_grad()
 def reference_gnelbo(model, x: torch.Tensor, lim: float, n: int = 1024) -> float:
-    r"""The reference code's "grid-normalised ELBO" (notes §3.4), **reproduced with its quirks**.
+    r"""The reference code's "grid-normalised ELBO" (``train_soft_intro_vae_2d.py``), **reproduced with its quirks**.
 
     :math:`\frac1N\sum_i e(x_i)/\big(\sum_\text{grid}e+\sum_i e(x_i)\big)` with :math:`e` = :func:`energy` (betas 1),
     the grid of ``n x n`` *points* ``linspace(-lim, lim, n)`` and ``x`` the data points (the reference: 100 batches of
@@ -525,8 +555,8 @@ def _reference_hist(x, lim, bins):
 
 
 def reference_histogram_kl(x_real, x_fake, lim: float, bins: int = 100) -> float:
-    r"""The reference code's "KL" (notes §3.4), **with its quirks**: ``F.kl_div(log(h_fake + 1e-14), h_real,
-    reduction="batchmean")`` on histogram *densities* (``density=True``), i.e.
+    r"""The reference code's "KL" (``train_soft_intro_vae_2d.py``), **with its quirks**:
+    ``F.kl_div(log(h_fake + 1e-14), h_real, reduction="batchmean")`` on histogram *densities* (``density=True``), i.e.
     :math:`\mathrm{KL}(P_\text{real}\|P_\text{fake})/(\text{bins}\cdot A)` (bin area :math:`A`) with a 1e-14 floor.
     It saturates near 220 for ``lim = 2`` when the supports are disjoint."""
     h_r, h_f = _reference_hist(x_real, lim, bins), _reference_hist(x_fake, lim, bins)
@@ -548,7 +578,7 @@ def reference_histogram_jsd(x_real, x_fake, lim: float, bins: int = 100) -> floa
 def modes_covered(x: torch.Tensor, centres: torch.Tensor = EIGHT_GAUSSIANS_CENTRES, radius: float = 0.1,
                   min_frac: float = 0.01) -> tuple[float, int]:
     """``(fraction of x within radius of its nearest centre, number of centres receiving > min_frac of x within
-    radius)``: sample quality and mode coverage on "8gaussians" (notes §5, E7)."""
+    radius)``: sample quality and mode coverage on "8gaussians" (Chapter 8's table)."""
     if x.dim() != 2 or x.shape[0] < 1 or centres.dim() != 2 or x.shape[1] != centres.shape[1]:
         raise ValueError(f"x must have shape (n, d) with n >= 1 and d = centres.shape[1], got {tuple(x.shape)} and "
                          f"centres {tuple(centres.shape)}")
@@ -685,8 +715,9 @@ def train(out=None, num_epochs: int | None = None, progress: bool = True, jobs: 
     return models, meta
 
 
-#: MNIST setting of the shipped checkpoint (the reference: residual conv nets, z = 32, batch 128, lr 2e-4,
-#: beta_kl = beta_rec = 1, beta_neg = 256, 250 epochs; here MLPs on the 10k-image subset)
+#: MNIST setting of the shipped checkpoint (the reference README's MNIST command: residual conv nets, z = 32,
+#: batch 128, lr 2e-4, beta_kl = beta_rec = 1, beta_neg = 256, 200 epochs (the argparse default is 250), no
+#: warm-up (num_vae = 0); here MLPs on the 10k-image subset)
 MNIST_SETTING = {"latent_dim": 32, "hidden": (400,), "beta_rec": 1.0, "beta_kl": 1.0, "beta_neg": 256.0,
                  "batch_size": 128, "lr": 5e-4, "num_epochs": 10, "num_vae_epochs": 1, "seed": 0,
                  "likelihood": "bernoulli"}
