@@ -1,6 +1,7 @@
 """The benchmark command (python -m vaebook.bench) runs and reports sensible numbers."""
 import json
 
+import pytest
 import torch
 
 from vaebook import bench
@@ -27,7 +28,10 @@ def test_dense_is_skipped_above_the_limit_and_cli_writes_json(tmp_path, capsys):
     assert bench.main(["--quick", "--repeats", "1", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| op | size | method |") and "blocked" in table
-    assert len(json.loads(out.read_text())) == len(rows)
+    assert "matched-bound reference (PyTorch, float32) at B=64, K=10, D=16" in table and "process peak RSS" in table
+    assert "Roofline estimates on an NVIDIA H100 SXM5 (3.35 TB/s HBM3; 67 TFLOP/s FP32" in table
+    saved = json.loads(out.read_text())
+    assert len(saved) == len(rows) + 1 and saved[-1]["rss"]["growth_mib"] >= 0  # + the RSS measurement
 
 
 def test_keops_formula_matches_the_reference_when_installed():
@@ -39,3 +43,32 @@ def test_keops_formula_matches_the_reference_when_installed():
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(bench._keops_direction(x, -x, 0.7), svgd_direction(x, -x, 0.7),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_roofline_arithmetic_by_hand():
+    # matched bound, forward, B = 100,000 rows, K = 10, D = 16, a prior per row, float32:
+    # numbers moved = 2 B (K + 2 K D) + B = 2 * 100,000 * 330 + 100,000 = 66,100,000 -> 264,400,000 bytes;
+    # 264.4e6 B / 3.35e12 B/s = 78.925 us; flops = 23 B K D + 19 B K = 368e6 + 19e6 = 387e6 -> / 67e12 = 5.776 us
+    r = bench.roofline("matched_kl_fwd", B=100_000, K=10, D=16, shared_prior=False)
+    assert r["bytes"] == 264_400_000 and r["flops"] == 387_000_000
+    assert abs(r["memory_us"] - 78.925373) < 1e-5 and abs(r["compute_us"] - 5.776119) < 1e-5
+    assert r["us"] == r["memory_us"] and r["bound"] == "memory"
+    # SVGD direction, n = 20,000 particles in 2-D: 3 n d = 120,000 numbers = 480,000 bytes (0.1433 us);
+    # n^2 (5 d + 4) + 3 n d = 5,600,120,000 flops -> 83.584 us: compute-bound
+    r = bench.roofline("svgd_direction", n=20_000, d=2)
+    assert r["bytes"] == 480_000 and r["flops"] == 5_600_120_000 and r["bound"] == "compute"
+    assert abs(r["us"] - 83.58388) < 1e-4 and abs(r["memory_us"] - 0.143284) < 1e-5
+    assert bench.H100_SXM["bandwidth"] == 3.35e12 and bench.H100_SXM["flops"] == 67e12
+    rows = bench.roofline_estimates()
+    assert {r["op"] for r in rows} == {"svgd_direction", "ksd", "gumbel_softmax_fwd", "gumbel_softmax_bwd",
+                                       "matched_kl_fwd", "matched_kl_bwd"}
+    assert all(r["us"] == max(r["memory_us"], r["compute_us"]) > 0 for r in rows)
+    with pytest.raises(ValueError, match="op must be one of"):
+        bench.roofline("conv2d", n=1)
+
+
+def test_matched_reference_rss_is_measured_in_a_fresh_process():
+    r = bench.matched_reference_rss(256, 10, 16)
+    assert set(r) == {"inputs_mib", "rss_before_mib", "rss_peak_mib", "growth_mib", "seconds"}
+    assert abs(r["inputs_mib"] - (2 * 256 * 10 + 4 * 256 * 10 * 16) * 4 / 2**20) < 1e-9
+    assert r["rss_peak_mib"] >= r["rss_before_mib"] > 0 and r["growth_mib"] >= 0

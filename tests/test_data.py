@@ -182,6 +182,16 @@ def test_truncated_file(tmp_path):
     _assert_corrupt(e, img)
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_header_declaring_zero_images_names_the_file(tmp_path, gz):
+    # a well-formed IDX header for 0 images (and 0 labels): torch.frombuffer used to fail without the file's name
+    img = _write(tmp_path / "t10k-images-idx3-ubyte", _idx_bytes(2051, (0, 28, 28), b""), gz)
+    _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(2049, (0,), b""), gz)
+    with pytest.raises(D.DataError, match=r"declares 0 images") as e:
+        D.load_mnist("test", root=tmp_path)
+    _assert_corrupt(e, img)
+
+
 def test_trailing_bytes(tmp_path):
     _make_split(tmp_path, "test", 5, gz=False)
     lab = tmp_path / "t10k-labels-idx1-ubyte"

@@ -185,3 +185,99 @@ def test_kl_mc_standard_error_is_honest():
     assert 0.5 < z.std().item() < 1.6
     with pytest.raises(ValueError, match="num_samples"):
         dv.kl_mc(q, p, 1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the dtype's smallest variances (review 2026-12, section 4): finite, exact at q = p, finite gradients
+# ------------------------------------------------------------------------------------------------------------
+def _kl_exact(qm, qv, pm, pv) -> float:
+    """The diagonal Gaussian KL from the inputs' exact binary values in 60-digit decimal arithmetic (no overflow:
+    decimal exponents are unbounded), summed over the last dimension of 1-D inputs."""
+    import decimal
+
+    ctx = decimal.Context(prec=60, Emax=10**6, Emin=-10**6)
+    D = decimal.Decimal
+    total = D(0)
+    for a, u, b, v in zip(qm.tolist(), qv.tolist(), pm.tolist(), pv.tolist()):
+        a, u, b, v = D(a), D(u), D(b), D(v)
+        d = ctx.subtract(u, v)
+        sq = ctx.multiply(ctx.power(ctx.subtract(a, b), 2), ctx.exp(ctx.minus(v)))
+        total = ctx.add(total, ctx.add(ctx.subtract(ctx.subtract(ctx.exp(d), 1), d), sq))
+    return float(total / 2)
+
+
+# p_logvar just above the log of the smallest subnormal variance (-103.28 in float32, -744.44 in float64), and the
+# values the review tried (-88.7 / -709 is where exp(-p_logvar) overflows)
+EXTREME = [(torch.float32, -88.8), (torch.float32, -100.0), (torch.float32, -103.0),
+           (torch.float64, -709.8), (torch.float64, -720.0), (torch.float64, -744.0)]
+
+
+@pytest.mark.parametrize("dtype,v", EXTREME)
+def test_kl_normal_diag_smallest_variances_q_equals_p_is_exactly_zero_with_finite_gradient(dtype, v):
+    qm = torch.tensor([0.0, 1.5, -3.0], dtype=dtype, requires_grad=True)
+    qv = torch.full((3,), v, dtype=dtype, requires_grad=True)
+    pm, pv = qm.detach().clone().requires_grad_(True), qv.detach().clone().requires_grad_(True)
+    kl = dv.kl_normal_diag(qm, qv, pm, pv)
+    assert kl.item() == 0.0
+    grads = torch.autograd.grad(kl, (qm, qv, pm, pv))
+    assert all(bool(torch.isfinite(g).all()) and bool((g == 0).all()) for g in grads), grads
+    # the IGR KL (Chapter 4) goes through it: scales below 6e-20 gave NaN in float32
+    from vaebook.distributions import IGR
+
+    scale = torch.full((3,), math.exp(0.5 * v), dtype=dtype, requires_grad=True)
+    loc = torch.tensor([0.3, -1.0, 2.0], dtype=dtype, requires_grad=True)
+    d = IGR(loc, scale, 0.5)
+    kl_igr = kl_divergence(d, IGR(loc, scale, 0.5))
+    assert kl_igr.item() == 0.0
+    assert all(bool(torch.isfinite(g).all()) for g in torch.autograd.grad(kl_igr, (loc, scale)))
+
+
+@pytest.mark.parametrize("dtype,v", EXTREME)
+@pytest.mark.parametrize("t", [1e-3, 0.7, 5.0])
+def test_kl_normal_diag_smallest_variances_value_and_gradient(dtype, v, t):
+    # mean differences of t prior standard deviations, q's variance a little different: KL of order t^2
+    sd = math.exp(0.5 * v)
+    pm = torch.tensor([0.0, 2.0, -1.0], dtype=dtype)
+    pv = torch.tensor([v, v + 0.5, v + 20.0], dtype=dtype)
+    qm = pm + torch.tensor([t * sd, -t * sd, 0.0], dtype=dtype)
+    qv = pv + torch.tensor([0.0, -0.25, 1e-3], dtype=dtype)
+    args = [a.clone().requires_grad_(True) for a in (qm, qv, pm, pv)]
+    kl = dv.kl_normal_diag(*args)
+    ref = _kl_exact(qm, qv, pm, pv)  # from the float inputs as they are (the rounding of qm included)
+    assert math.isfinite(ref) and 0 < ref < 1e3
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert abs(kl.item() - ref) <= tol * ref, (kl.item(), ref)
+    grads = torch.autograd.grad(kl, args)
+    assert all(bool(torch.isfinite(g).all()) for g in grads), grads
+    # d KL / d q_mean = (q_mean - p_mean) exp(-p_logvar), from the same exact inputs
+    expect = [(float(a) - float(b)) * math.exp(-float(c)) if float(c) > -700 else None
+              for a, b, c in zip(qm.tolist(), pm.tolist(), pv.tolist())]
+    for g, e in zip(grads[0].tolist(), expect):
+        if e is not None:
+            assert abs(g - e) <= 1e-4 * abs(e) + 1e-30, (g, e)
+
+
+def test_kl_normal_diag_overflow_is_inf_not_nan():
+    # a true KL beyond float32's range is inf (never NaN): unit mean difference at variance 1e-44
+    kl = dv.kl_normal_diag(torch.ones(1), torch.full((1,), -101.0), torch.zeros(1), torch.full((1,), -101.0))
+    assert kl.item() == math.inf
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bad input: clear errors naming the argument
+# ------------------------------------------------------------------------------------------------------------
+def test_kl_mvn_empty_batch_and_half_precision_errors():
+    with pytest.raises(ValueError, match=r"q_mean is empty \(shape \(0, 3\)\).*batch dimension >= 1"):
+        dv.kl_mvn(torch.zeros(0, 3), torch.eye(3).expand(0, 3, 3))
+    with pytest.raises(ValueError, match=r"p_cov is empty"):
+        dv.kl_mvn(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(3).expand(0, 3, 3))
+    for dt in (torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=r"q_mean has dtype .*float32 and float64"):
+            dv.kl_mvn(torch.zeros(3, dtype=dt), torch.eye(3, dtype=dt))
+
+
+def test_kl_mc_with_a_tensor_says_what_it_expects():
+    with pytest.raises(TypeError, match=r"q must be a torch.distributions.Distribution.*got Tensor"):
+        dv.kl_mc(torch.zeros(3), Normal(0.0, 1.0))
+    with pytest.raises(TypeError, match=r"p must be a torch.distributions.Distribution"):
+        dv.kl_mc(Normal(0.0, 1.0), torch.zeros(3))

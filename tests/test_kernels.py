@@ -6,6 +6,7 @@ slow, and include sizes that are not multiples of the block size. On a GPU runne
 run the compiled kernels on CUDA tensors. Without triton installed, the kernel tests skip and the dispatch tests
 still run.
 """
+import math
 import os
 import subprocess
 import sys
@@ -301,3 +302,82 @@ def test_matched_kl_gradcheck_float64():
     ins = tuple(t.requires_grad_(True) for t in q + p)
     assert torch.autograd.gradcheck(lambda *a: kernels.matched_kl(*a, backend="triton"), ins, eps=1e-6, atol=1e-7,
                                     fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# tightly clustered float32 particles (review 2026-12, section 4): the dense and blocked PyTorch paths stay finite
+# and agree with a float64 evaluation on the same particles down to spread 1e-18 (the direction to 1e-20)
+# ------------------------------------------------------------------------------------------------------------
+def _cluster(spread, n=40, d=3, seed=0):
+    g = _gen(seed)
+    x = (spread * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
+    s = (torch.randn(n, d, generator=g, dtype=torch.float64) / spread).float()  # scores of the cluster's scale
+    return x, s
+
+
+@pytest.mark.parametrize("statistic", ["u", "v"])
+@pytest.mark.parametrize("spread", [1e-3, 1e-6, 1e-9, 1e-12, 1e-15, 1e-18])
+def test_dense_and_blocked_ksd_agree_on_tight_float32_clusters(spread, statistic):
+    from vaebook import svgd
+
+    x, s = _cluster(spread)
+    h = float(svgd.median_bandwidth(x, rule="ksd"))  # ~ spread^2: 1e-36 at spread 1e-18
+    exact = svgd.ksd(x.double(), s.double(), h, statistic=statistic).item()  # the same float32 inputs, in float64
+    assert math.isfinite(exact) and abs(exact) > 0
+    values = {"svgd.ksd (blocked)": svgd.ksd(x, s, h, statistic=statistic),
+              "kernels.ksd torch": kernels.ksd(x, s, h, statistic=statistic, backend="torch"),
+              "ksd_reference": ref.ksd_reference(x, s, h, statistic),
+              # (the matrix is finite at every spread; the sum of its 1600 entries of ~1e36 overflows at 1e-18)
+              "mean of stein_kernel_matrix": (svgd.stein_kernel_matrix(x, s, h).mean()
+                                              if statistic == "v" and spread >= 1e-15 else None),
+              "median bandwidth (None)": svgd.ksd(x, s, statistic=statistic)}
+    for name, v in values.items():
+        if v is None:
+            continue
+        assert v.dtype == torch.float32 and bool(torch.isfinite(v)), (name, v)
+        assert abs(v.item() - exact) <= 1e-4 * abs(exact), (name, v.item(), exact)
+    k = svgd.stein_kernel_matrix(x, s, h)
+    assert bool(torch.isfinite(k).all())
+    torch.testing.assert_close(k.double(), svgd.stein_kernel_matrix(x.double(), s.double(), h), rtol=1e-4,
+                               atol=1e-4 * k.double().abs().max().item())
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-12, 1e-18, 1e-20])
+def test_svgd_direction_finite_on_tight_float32_clusters(spread):
+    from vaebook import svgd
+
+    x, s = _cluster(spread)
+    phi = svgd.svgd_direction(x, s)  # median bandwidth in float32 (1e-40, subnormal, at spread 1e-20)
+    h = float(svgd.median_bandwidth(x))
+    exact = svgd.svgd_direction(x.double(), s.double(), h)
+    assert bool(torch.isfinite(phi).all()), phi
+    torch.testing.assert_close(phi.double(), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+    dense = kernels.svgd_direction(x, s, backend="torch")
+    assert bool(torch.isfinite(dense).all())
+    torch.testing.assert_close(dense.double(), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+
+
+def test_bandwidth_that_underflows_in_the_particles_dtype_is_named():
+    from vaebook import svgd
+
+    x, s = _cluster(1.0)
+    for fn in (lambda h: svgd.svgd_direction(x, s, h), lambda h: svgd.ksd(x, s, h),
+               lambda h: svgd.stein_kernel_matrix(x, s, h), lambda h: svgd.rbf_kernel(x, x, h),
+               lambda h: kernels.svgd_direction(x, s, h), lambda h: kernels.ksd(x, s, h),
+               lambda h: ref.ksd_reference(x, s, h), lambda h: ref.svgd_direction_reference(x, s, h)):
+        with pytest.raises(ValueError, match=r"bandwidth 1e-50 underflows in torch.float32 .*allowed: 1.18e-38 <= h"):
+            fn(1e-50)
+        with pytest.raises(ValueError, match=r"bandwidth 1e\+300 overflows to inf in torch.float32"):
+            fn(1e300)
+    # the same bandwidth is fine for float64 particles (its smallest normal number is 2.2e-308)
+    assert bool(torch.isfinite(svgd.svgd_direction(x.double(), s.double(), 1e-50)).all())
+
+
+def test_half_precision_particles_are_refused_with_the_allowed_dtypes():
+    from vaebook import svgd
+
+    x, s = _cluster(1.0)
+    for dt in (torch.float16, torch.bfloat16):
+        for fn in (svgd.svgd_direction, svgd.ksd, svgd.svgd_direction_dense):
+            with pytest.raises(TypeError, match=r"x has dtype .*float32 and float64 only"):
+                fn(x.to(dt), s.to(dt))

@@ -491,3 +491,79 @@ def test_zero_weight_components():
     p2 = diag_mix([0.3, 0.7], loc[[0, 2]], scale[[0, 2]])
     for m in ("variational", "product", "variational_upper", "gaussian", "unscented"):
         assert kl_gmm(q, p, m).item() == pytest.approx(kl_gmm(q2, p2, m).item(), abs=1e-9), m
+
+
+def _unvalidated(b, k, d, family="diag"):
+    """A mixture with batch shape (b,), k components in d dimensions, built without torch's argument validation
+    (which itself rejects empty batches with an unrelated reshape error)."""
+    logits = torch.zeros(b, k, dtype=DT)
+    if family == "full":
+        comp = MultivariateNormal(torch.zeros(b, k, d, dtype=DT), scale_tril=torch.eye(d, dtype=DT).expand(b, k, d, d),
+                                  validate_args=False)
+    elif family == "1d":
+        comp = Normal(torch.zeros(b, k, dtype=DT), torch.ones(b, k, dtype=DT), validate_args=False)
+    else:
+        comp = Independent(Normal(torch.zeros(b, k, d, dtype=DT), torch.ones(b, k, d, dtype=DT), validate_args=False),
+                           1, validate_args=False)
+    return MixtureSameFamily(Categorical(logits=logits, validate_args=False), comp, validate_args=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["diag", "full", "1d"])
+def test_empty_batches_and_empty_mixtures_are_refused_by_name(method, family):
+    ok = _unvalidated(2, 2, 3, family)
+    for bad, pat in ((_unvalidated(0, 2, 3, family), r"has an empty batch shape \(0,\).*at least one mixture"),
+                     (_unvalidated(2, 0, 3, family), r"is an empty mixture \(0 components")):
+        with pytest.raises(ValueError, match="^q " + pat):
+            kl_gmm(bad, ok, method)
+        with pytest.raises(ValueError, match="^p " + pat):
+            kl_gmm(ok, bad, method)
+    if family != "1d":  # a 1-D mixture always has D = 1
+        with pytest.raises(ValueError, match=r"^q is an empty mixture \(2 components of dimension 0\)"):
+            kl_gmm(_unvalidated(2, 2, 0, family), ok, method)
+    with pytest.raises(ValueError, match="^q has an empty batch"):
+        durrieu_bounds(_unvalidated(0, 2, 3, family), ok)
+
+
+@pytest.mark.parametrize("dtype,log_var", [(torch.float32, -100.0), (torch.float64, -740.0)])
+def test_pairwise_kl_at_the_smallest_variances(dtype, log_var):
+    # components with variances near the dtype's smallest (1e-44 in float32): D(f_a || f_a) is exactly 0 (the
+    # textbook (m_a - m_b)^2 exp(-v) gives 0 * inf = NaN), the off-diagonal is inf, and the matched bound of q with
+    # itself is 0 with finite gradients
+    loc = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=dtype, requires_grad=True)
+    lv = torch.full((2, 2), log_var, dtype=dtype, requires_grad=True)
+    comp = Independent(Normal(loc, torch.exp(0.5 * lv)), 1)
+    d = pairwise_kl(comp, comp)
+    assert torch.equal(torch.diagonal(d), torch.zeros(2, dtype=dtype)) and bool(torch.isinf(d[0, 1]))
+    q = MixtureSameFamily(Categorical(logits=torch.zeros(2, dtype=dtype)), comp)
+    v = kl_gmm(q, q, "matched")
+    assert v.item() == 0.0
+    assert all(bool(torch.isfinite(g).all()) for g in torch.autograd.grad(v, (loc, lv)))
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("matching", ["given", "optimal", "perm"])
+@pytest.mark.parametrize("batch,shared", [((37,), True), ((37,), False), ((5, 4), True), ((5, 4), False)])
+def test_matched_bound_chunked_equals_one_pass(monkeypatch, full, matching, batch, shared):
+    # The reference computes the matched bound in chunks of rows (bounded memory at B = 100,000): the chunks give
+    # exactly the numbers, and the gradients, of a single pass
+    import vaebook.mixtures as mixtures_mod
+
+    g_ = gen(len(batch) + 7 * full)
+    q = random_mix(g_, batch, 4, 3, full)
+    p = random_mix(g_, () if shared else batch, 4, 3, full)
+    leaves = [t.requires_grad_(True) for t in (q.mixture_distribution.logits, q.component_distribution.mean)]
+    opts = {"matching": matching} if matching != "perm" else {
+        "matching": torch.stack([torch.randperm(4, generator=g_) for _ in range(batch[0])]).reshape(
+            batch[0], *([1] * (len(batch) - 1)), 4)}
+    one = kl_gmm(q, p, "matched", return_matching=True, **opts)
+    g_one = torch.autograd.grad(one[0].sum(), leaves)
+    calls = []
+    real = mixtures_mod._aligned_kl
+    monkeypatch.setattr(mixtures_mod, "_MATCHED_CHUNK", 24)  # a few rows per chunk
+    monkeypatch.setattr(mixtures_mod, "_aligned_kl", lambda f, g: calls.append(1) or real(f, g))
+    chunked = kl_gmm(q, p, "matched", return_matching=True, **opts)
+    assert len(calls) > 1  # it was chunked
+    assert torch.equal(chunked[0], one[0]) and torch.equal(chunked[1], one[1])
+    for a, b in zip(torch.autograd.grad(chunked[0].sum(), leaves), g_one):
+        assert torch.equal(a, b)

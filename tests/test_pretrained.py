@@ -57,6 +57,31 @@ def test_unknown_recipe_and_mismatched_checkpoint(tmp_path):
         pretrained.load("ch01_vae50", path=wrong)
 
 
+def test_checkpoint_path_that_is_a_directory_is_named_as_such(tmp_path):
+    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file") as e:
+        pretrained.load("ch01_vae50", path=tmp_path)
+    assert str(tmp_path) in str(e.value) and "does not exist" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_checkpoint_with_non_finite_weights_is_refused_at_load(tmp_path, bad):
+    from vaebook.models import VAE
+    from vaebook.train import load_checkpoint, save_checkpoint
+
+    model = VAE.mlp(latent_dim=3, hidden=(8,))
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[3] = bad
+    path = save_checkpoint(model, tmp_path / "diverged.pt", note="a diverged run")
+    fresh = VAE.mlp(latent_dim=3, hidden=(8,))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"non-finite \(NaN or inf\) weights") as e:
+        load_checkpoint(fresh, path)
+    assert str(path) in str(e.value) and next(iter(model.state_dict())) in str(e.value)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())  # nothing was loaded
+    model.load_state_dict(fresh.state_dict())  # finite weights again: the same file format loads
+    load_checkpoint(fresh, save_checkpoint(model, tmp_path / "fine.pt"))
+
+
 def _torch_load_calls(source: str):
     """Every call to ``torch.load`` in ``source`` (Python), with whether it passes ``weights_only=True``."""
     import ast

@@ -6,12 +6,23 @@ without ``__all__``, the functions and classes defined there whose names do not 
 count: constants (tuples, dicts, tensors) are data, and re-exports (``vaebook.set_seed`` is
 ``vaebook.utils.set_seed``) are counted once, under the module that defines them.
 
-A name is *covered* when a test in ``tests/test_properties.py`` or ``tests/test_gradcheck.py`` is decorated with
-``@covers("module.name", ...)`` (names relative to ``vaebook``); the decorators are read from the source with
-``ast``, so this file neither imports nor runs the property tests. Adding a public function or class without a
-property test (or an entry in :data:`EXEMPT` with a reason) makes
+A test in ``tests/test_properties.py`` or ``tests/test_gradcheck.py`` declares the public functions and classes it
+exercises with ``@covers("module.name", ...)`` (names relative to ``vaebook``). The decorators are read from the
+source with ``ast``, so this file neither imports nor runs the property tests. A declaration alone is not coverage
+(one empty test decorated with every name would otherwise cover everything): a name is *covered* only by a test that
+
+* is a value test: not in ``test_gradcheck.py``, whose gradchecks compare a gradient with finite differences of the
+  function itself and never check a forward value against anything;
+* refers to the name: a ``Name`` or attribute chain in the test (decorators and ``@given`` strategies included) or
+  in a module-level helper it refers to, transitively, resolves through the file's imports to that very object
+  (``kn.svgd_direction`` is not ``vaebook.svgd.svgd_direction``);
+* checks something: an ``assert`` statement or a ``pytest.raises``/``torch.testing.assert_close`` (or an
+  ``assert_*``/``_invalid*`` helper that contains one) in the test or in a helper it calls.
+
+Adding a public function or class without such a test (or an entry in :data:`EXEMPT` with a reason) makes
 :func:`test_every_public_callable_is_covered_or_exempt` fail; so does a stale entry (a covered or exempt name that no
-longer exists, see :func:`test_no_stale_entries`).
+longer exists, see :func:`test_no_stale_entries`); :func:`test_a_declaration_without_a_check_is_not_coverage` shows
+that an empty test decorated with every name covers nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import sys
 import types
 from pathlib import Path
 
@@ -35,8 +47,10 @@ EXCLUDED_MODULES = {
                            "and writes notebooks and is tested end to end by tests/test_assignments.py",
     "vaebook.nbexec": "notebook-execution plumbing (a workaround for lost wake-ups in nbclient's message channels), "
                       "not numerics; tested with simulated channels and real kernels by tests/test_nbexec.py",
-    "vaebook.bench": "a benchmark harness (`python -m vaebook.bench`: run / format_table / main) whose only outputs "
-                     "are wall-clock timings; no invariant to check; smoke-tested by tests/test_bench.py",
+    "vaebook.bench": "a benchmark harness (`python -m vaebook.bench`: run / format_table / main, the fresh-process "
+                     "RSS measurement matched_reference_rss) whose outputs are timings and memory; smoke-tested by "
+                     "tests/test_bench.py, where the roofline arithmetic (roofline, roofline_estimates) is checked "
+                     "against numbers computed by hand",
 }
 
 _CHECKPOINT_TRAINING = ("a chapter's checkpoint recipe: a full MNIST training run with evaluation, written to disk "
@@ -109,21 +123,145 @@ def public_api() -> dict[str, object]:
     return api
 
 
-def covered_names(files=PROPERTY_FILES) -> dict[str, list[str]]:
-    """``{"module.name": [test names]}`` from the ``@covers(...)`` decorators of the property test files."""
+GRADCHECK_FILES = (HERE / "test_gradcheck.py",)
+
+_CHECK_CALLS = {"raises", "assert_close", "assert_allclose", "assert_equal", "assert_array_equal"}
+
+
+def _called(call: ast.Call) -> str:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+
+
+def _is_gradcheck(expr) -> bool:
+    return isinstance(expr, ast.Call) and _called(expr) in ("gradcheck", "gradgradcheck")
+
+
+def declared_names(files=PROPERTY_FILES) -> dict[str, list[str]]:
+    """``{"module.name": [file::test]}`` from the ``@covers(...)`` decorators alone (what the tests *declare*)."""
     out: dict[str, list[str]] = {}
     for path in files:
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for dec in node.decorator_list:
-                if isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "covers":
-                    for arg in dec.args:
-                        assert isinstance(arg, ast.Constant) and isinstance(arg.value, str), \
-                            f"{path.name}::{node.name}: @covers takes string literals"
-                        out.setdefault(arg.value, []).append(f"{path.name}::{node.name}")
+        for node, names in _decorated(ast.parse(path.read_text()), path):
+            for n in names:
+                out.setdefault(n, []).append(f"{path.name}::{node.name}")
     return out
+
+
+def _decorated(tree: ast.Module, path: Path):
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for dec in node.decorator_list:
+            if isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "covers":
+                for arg in dec.args:
+                    assert isinstance(arg, ast.Constant) and isinstance(arg.value, str), \
+                        f"{path.name}::{node.name}: @covers takes string literals"
+                yield node, [arg.value for arg in dec.args]
+
+
+class _FileIndex:
+    """What the tests of one file refer to and check, read with ``ast`` (the file is never imported)."""
+
+    def __init__(self, path: Path, objects: dict[int, str]):
+        self.tree = ast.parse(path.read_text())
+        self.objects = objects  # id(public object) -> "module.name"
+        self.aliases: dict[str, str] = {}  # local name -> dotted vaebook path, from every import in the file
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("vaebook"):
+                        self.aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else "vaebook"
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vaebook"):
+                for a in node.names:
+                    self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        self.helpers = {n.name: n for n in self.tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        self._memo: dict[str, tuple[set, bool]] = {}
+
+    def _resolve(self, dotted: str):
+        """The vaebook object a dotted path (``vaebook.mixtures.kl_gmm``, ``vaebook.models.VAE.mlp``) names, or the
+        longest prefix of it that is a public object; None if none is."""
+        parts = dotted.split(".")
+        for i in range(len(parts), 1, -1):
+            head = ".".join(parts[:i])
+            obj = _lookup(head)
+            if obj is not None and id(obj) in self.objects:
+                return self.objects[id(obj)]
+        return None
+
+    def _chain(self, node) -> str | None:
+        """``a.b.c`` for a Name/Attribute chain whose root is an imported vaebook alias, with the alias expanded."""
+        attrs = []
+        while isinstance(node, ast.Attribute):
+            attrs.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name) and node.id in self.aliases:
+            return ".".join([self.aliases[node.id], *reversed(attrs)])
+        return None
+
+    def scan(self, fn) -> tuple[set, bool]:
+        """``(public names referred to, has a check)`` for a function node, following module-level helpers it
+        refers to (by name) transitively."""
+        if fn.name in self._memo:
+            return self._memo[fn.name]
+        self._memo[fn.name] = (set(), False)  # recursion guard
+        names, checks = set(), False
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Assert) and not _is_gradcheck(node.test):
+                checks = True  # (``assert gradcheck(...)`` checks a gradient, not a value)
+            elif isinstance(node, ast.Call) and _called(node) in _CHECK_CALLS:
+                checks = True
+            if isinstance(node, (ast.Name, ast.Attribute)):
+                chain = self._chain(node)
+                if chain is not None:
+                    hit = self._resolve(chain)
+                    if hit is not None:
+                        names.add(hit)
+            if isinstance(node, ast.Name) and node.id in self.helpers and node.id != fn.name:
+                sub_names, sub_checks = self.scan(self.helpers[node.id])
+                names |= sub_names
+                checks = checks or sub_checks
+        self._memo[fn.name] = (names, checks)
+        return names, checks
+
+
+def _lookup(dotted: str):
+    """The object at ``dotted`` (a module path followed by attributes), or None."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for a in parts[i:]:
+                obj = getattr(obj, a)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
+def coverage_report(files=PROPERTY_FILES, api=None) -> dict[str, dict[str, list[str]]]:
+    """For every declared name, the declaring tests sorted into ``"value"`` (covers it: a value test that refers
+    to the name and checks something), ``"gradcheck"`` (in a gradcheck file), ``"no_reference"`` (never refers to
+    the name) and ``"no_check"`` (no assert / raises / assert_close)."""
+    api = public_api() if api is None else api
+    objects = {id(obj): name for name, obj in api.items()}
+    out: dict[str, dict[str, list[str]]] = {}
+    for path in files:
+        index = _FileIndex(path, objects)
+        for node, declared in _decorated(index.tree, path):
+            refs, checks = index.scan(node)
+            for n in declared:
+                kind = ("gradcheck" if path in GRADCHECK_FILES else "no_reference" if n not in refs
+                        else "no_check" if not checks else "value")
+                out.setdefault(n, {}).setdefault(kind, []).append(f"{path.name}::{node.name}")
+    return out
+
+
+def covered_names(files=PROPERTY_FILES, api=None) -> dict[str, list[str]]:
+    """``{"module.name": [tests]}``: the names covered by at least one value test (see the module docstring)."""
+    return {n: kinds["value"] for n, kinds in coverage_report(files, api).items() if kinds.get("value")}
 
 
 def missing(api, covered, exempt=EXEMPT) -> list[str]:
@@ -131,15 +269,20 @@ def missing(api, covered, exempt=EXEMPT) -> list[str]:
 
 
 def test_every_public_callable_is_covered_or_exempt():
-    api, covered = public_api(), covered_names()
+    api = public_api()
+    report = coverage_report(api=api)
+    covered = {n: k["value"] for n, k in report.items() if k.get("value")}
     gaps = missing(api, covered)
-    assert not gaps, ("public functions/classes without a property test: " + ", ".join(gaps)
-                      + ". Add a test decorated with @covers(...) in tests/test_properties.py (or a gradcheck in "
-                        "tests/test_gradcheck.py), or an EXEMPT entry with a reason in tests/test_public_api.py")
+    why = {n: ", ".join(f"{kind}: {len(t)}" for kind, t in report[n].items()) for n in gaps if n in report}
+    assert not gaps, ("public functions/classes without a value test: " + ", ".join(gaps)
+                      + (f" (declared by tests that do not count: {why})" if why else "")
+                      + ". Add a test decorated with @covers(...) in tests/test_properties.py that calls the name and "
+                        "asserts something about its result (a gradcheck alone does not count), or an EXEMPT entry "
+                        "with a reason in tests/test_public_api.py")
 
 
 def test_no_stale_entries():
-    api, covered = public_api(), covered_names()
+    api, covered = public_api(), declared_names()
     stale_cov = sorted(set(covered) - set(api))
     stale_ex = sorted(set(EXEMPT) - set(api))
     both = sorted(set(EXEMPT) & set(covered))
@@ -158,9 +301,70 @@ def test_the_meta_test_catches_a_new_public_function(monkeypatch):
     def brand_new_bound(model, x):  # pragma: no cover - never called
         return x
 
+    before = missing(public_api(), covered_names())  # empty when the main meta-test passes
     monkeypatch.setattr(metrics, "brand_new_bound", brand_new_bound, raising=False)
     monkeypatch.setattr(metrics, "__all__", [*metrics.__all__, "brand_new_bound"])
-    assert missing(public_api(), covered_names()) == ["metrics.brand_new_bound"]
+    api = public_api()
+    assert sorted(set(missing(api, covered_names(api=api))) - set(before)) == ["metrics.brand_new_bound"]
+
+
+def _with_extra_tests(tmp_path, body: str, gradcheck_body: str = "") -> tuple:
+    """Copies of the property files, ``body`` appended to the copy of test_properties.py (``gradcheck_body`` to the
+    copy of test_gradcheck.py)."""
+    files = []
+    for path in PROPERTY_FILES:
+        copy = tmp_path / path.name
+        copy.write_text(path.read_text() + (body if path.name == "test_properties.py" else gradcheck_body))
+        files.append(copy)
+    return tuple(files)
+
+
+def test_a_declaration_without_a_check_is_not_coverage(tmp_path, monkeypatch):
+    """An empty test decorated with every public name covers nothing; neither does a test that refers to a name
+    without checking anything, nor a gradcheck; a test that calls the name and asserts on its result does."""
+    import vaebook.metrics as metrics
+
+    def brand_new_bound(model, x):  # pragma: no cover - never called
+        return x
+
+    before = set(missing(public_api(), covered_names()))  # empty when the main meta-test passes
+    monkeypatch.setattr(metrics, "brand_new_bound", brand_new_bound, raising=False)
+    monkeypatch.setattr(metrics, "__all__", [*metrics.__all__, "brand_new_bound"])
+    api = public_api()
+    every = ", ".join(repr(n) for n in sorted(api))
+    monkeypatch.setattr(sys.modules[__name__], "GRADCHECK_FILES", (tmp_path / "test_gradcheck.py",))
+    empty = _with_extra_tests(tmp_path, f"\n\n@covers({every})\ndef test_everything():\n    pass\n")
+    assert sorted(set(missing(api, covered_names(empty, api))) - before) == ["metrics.brand_new_bound"]
+    assert coverage_report(empty, api)["metrics.brand_new_bound"] == {"no_reference": ["test_properties.py::"
+                                                                                       "test_everything"]}
+    unchecked = _with_extra_tests(tmp_path, "\n\n@covers('metrics.brand_new_bound')\ndef test_calls_only():\n"
+                                            "    vm.brand_new_bound(None, 1)\n")
+    assert coverage_report(unchecked, api)["metrics.brand_new_bound"] == {"no_check": ["test_properties.py::"
+                                                                                       "test_calls_only"]}
+    value_test = ("\n\n@covers('metrics.brand_new_bound')\ndef test_value():\n"
+                  "    assert vm.brand_new_bound(None, 1) == 1\n")
+    checked = _with_extra_tests(tmp_path, value_test)
+    assert "metrics.brand_new_bound" not in missing(api, covered_names(checked, api))
+    # a gradcheck is not a value check: in test_properties.py ``assert gradcheck(...)`` alone is "no_check", and
+    # nothing in test_gradcheck.py counts, even the same value test
+    grad = _with_extra_tests(tmp_path, "\n\n@covers('metrics.brand_new_bound')\ndef test_grad():\n"
+                                       "    assert torch.autograd.gradcheck(vm.brand_new_bound, (None, 1))\n",
+                             gradcheck_body=value_test.replace("def test_value", "def test_grad_file") + (
+                                 "\nfrom vaebook import metrics as vm  # noqa: E402\n"))
+    assert coverage_report(grad, api)["metrics.brand_new_bound"] == {
+        "no_check": ["test_properties.py::test_grad"], "gradcheck": ["test_gradcheck.py::test_grad_file"]}
+    assert "metrics.brand_new_bound" in missing(api, covered_names(grad, api))
+    # the real files: no declared name is covered only by a declaration (the review's finding, December 2026)
+    real = coverage_report(api=api)
+    assert not [n for n, k in real.items() if n in api and not k.get("value") and n not in EXEMPT]
+
+
+def test_gradcheck_only_coverage_does_not_count():
+    """test_gradcheck.py declares names too, but a gradcheck never checks a forward value: every name it declares
+    must also have a value test in test_properties.py (or be exempt)."""
+    report = coverage_report()
+    grad_only = sorted(n for n, k in report.items() if k.get("gradcheck") and not k.get("value") and n not in EXEMPT)
+    assert not grad_only, f"names whose only tests are gradchecks: {grad_only}"
 
 
 def test_enumeration_sanity():

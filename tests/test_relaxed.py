@@ -469,6 +469,13 @@ def test_bad_logits_and_values():
     assert z[:, 1].sum() == 0
 
 
+def test_exact_relaxed_kl_empty_batch_is_named():
+    for q, p, name in ((torch.zeros(0, 3), torch.zeros(0, 3), "q_logits"),
+                       (torch.zeros(3), torch.zeros(2, 0, 3), "p_logits")):
+        with pytest.raises(ValueError, match=rf"^{name} has an empty batch .*every batch dimension >= 1"):
+            R.relaxed_kl_equal_tau_exact(q, p)
+
+
 # ------------------------------------------------------------------------------------------------ schedules
 
 

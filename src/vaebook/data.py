@@ -270,6 +270,8 @@ def _read_idx_cached(path: str, mtime_ns: int, size: int, kind: str) -> torch.Te
     if len(data) < header:
         raise _corrupt(path, f"only {len(data)} bytes, too short for the {header}-byte IDX header")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if dims[0] == 0:
+        raise _corrupt(path, f"its IDX header declares 0 {kind} (an MNIST {kind} file holds 10,000 or 60,000)")
     if kind == "images" and dims[1:] != (28, 28):
         raise _corrupt(path, f"images of size {dims[1]}x{dims[2]}, expected 28x28")
     n_bytes = math.prod(dims)

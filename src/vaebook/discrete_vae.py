@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .divergences import kl_categorical
+from .kernels import _check_backend, resolve_backend
 from .models import MLP, BatchMixin, BernoulliDecoder
 from .relaxed import (constant_tau_schedule, exp_concrete_log_prob, exp_concrete_sample, gumbel_max,
                       gumbel_softmax, recab, relaxed_kl_equal_tau_exact, sample_gumbel, tau_schedule)
@@ -103,14 +104,18 @@ class CategoricalLatent(nn.Module):
         tau_prior: prior temperature for ``"relaxed_mc"`` (``None``: the posterior's :math:`\tau`, the equal-temperature
             case); must be ``None`` for ``"relaxed_exact"``/``"recab"``.
         hard: straight-through samples (one-hot forward, Concrete gradient; Jang §2.2).
+        backend: ``"auto"`` (default), ``"torch"`` or ``"triton"``: where the relaxed sample is computed (the rule of
+            :mod:`vaebook.kernels`: the fused Gumbel-Softmax kernel for CUDA tensors by default; on the CPU the soft
+            sample is ``exp`` of the ExpConcrete sample, as always). An attribute, not in the ``state_dict``.
 
     Hooks for other relaxations (Chapter 4): ``param_dim`` (encoder outputs per variable), :meth:`rsample`,
     :meth:`kl`, :meth:`discrete_logits`.
     """
 
     def __init__(self, num_vars: int, num_classes: int, kl="categorical", prior: str = "uniform",
-                 tau_prior: float | None = None, hard: bool = False):
+                 tau_prior: float | None = None, hard: bool = False, backend: str = "auto"):
         super().__init__()
+        self.backend = _check_backend(backend)
         for name, v, lo in (("num_vars", num_vars, 1), ("num_classes", num_classes, 2)):
             check_int(name, v, lo)
         if not callable(kl) and kl not in KL_CHOICES:
@@ -154,7 +159,13 @@ class CategoricalLatent(nn.Module):
         shape = (num_samples or 1, *params.shape)
         g = sample_gumbel(shape, generator=generator, dtype=params.dtype, device=params.device)
         log_y = exp_concrete_sample(params, tau, gumbel=g)
-        z = gumbel_softmax(params, tau, hard=True, gumbel=g) if self.hard else log_y.exp()
+        backend = getattr(self, "backend", "auto")
+        if self.hard:
+            z = gumbel_softmax(params, tau, hard=True, gumbel=g, backend=backend)
+        elif resolve_backend(backend, params) == "triton":  # the fused kernel's soft sample: softmax((l + g) / tau)
+            z = gumbel_softmax(params, tau, gumbel=g, backend="triton")
+        else:
+            z = log_y.exp()  # the same sample, from the ExpConcrete one
         return {"z": z, "log_y": log_y}
 
     def kl(self, params: torch.Tensor, sample: dict[str, torch.Tensor] | None, tau: float) -> torch.Tensor:
@@ -215,6 +226,9 @@ class CategoricalVAE(BatchMixin, nn.Module):
         beta: weight of the KL term in the training loss (1 = the objective of Jang et al.).
         binarize: ``"dynamic"`` (a fresh Bernoulli sample of each training batch) or ``None``.
         latent: a :class:`CategoricalLatent` (or subclass) to use instead of building one.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` for the relaxed samples (see :class:`CategoricalLatent`);
+            ``None`` (default) keeps the latent's own (``"auto"`` unless it was built with another). The model's
+            ``backend`` attribute is the latent's.
 
     ``elbo(x)`` returns per-example ``{"elbo", "rec", "kl"}`` (``(B,)`` each): in ``train()`` mode the relaxed
     objective (``discrete=False``), in ``eval()`` mode the discrete ELBO (``discrete=True``: one-hot samples, exact
@@ -223,13 +237,16 @@ class CategoricalVAE(BatchMixin, nn.Module):
 
     def __init__(self, enc: nn.Module, dec: nn.Module, num_vars: int = 20, num_classes: int = 10, kl="categorical",
                  tau=1.0, prior: str = "uniform", tau_prior: float | None = None, hard: bool = False,
-                 beta: float = 1.0, binarize: str | None = "dynamic", latent: CategoricalLatent | None = None):
+                 beta: float = 1.0, binarize: str | None = "dynamic", latent: CategoricalLatent | None = None,
+                 backend: str | None = None):
         super().__init__()
         if binarize not in (None, "dynamic"):
             raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
         self.enc, self.dec = enc, dec
         self.latent = latent if latent is not None else CategoricalLatent(num_vars, num_classes, kl, prior,
                                                                           tau_prior, hard)
+        if backend is not None:
+            self.latent.backend = _check_backend(backend)
         self.num_vars, self.num_classes = self.latent.num_vars, self.latent.num_classes
         self.tau_schedule = _as_schedule(tau)
         check_number("beta", beta, 0.0)
@@ -243,12 +260,21 @@ class CategoricalVAE(BatchMixin, nn.Module):
         (ReLU). Keyword arguments go to :class:`CategoricalVAE`."""
         latent = kwargs.pop("latent", None) or CategoricalLatent(
             num_vars, num_classes, kwargs.pop("kl", "categorical"), kwargs.pop("prior", "uniform"),
-            kwargs.pop("tau_prior", None), kwargs.pop("hard", False))
+            kwargs.pop("tau_prior", None), kwargs.pop("hard", False), kwargs.get("backend") or "auto")
         enc = CategoricalEncoder(math.prod(data_shape), latent.num_vars, latent.param_dim, hidden, activation)
         dec = BernoulliDecoder(latent.latent_dim, data_shape, tuple(reversed(hidden)), activation)
         return cls(enc, dec, latent=latent, **kwargs)
 
     # -- pieces -------------------------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """Where the relaxed samples are computed (``"auto"``, ``"torch"`` or ``"triton"``): the latent's."""
+        return getattr(self.latent, "backend", "auto")
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.latent.backend = _check_backend(value)
+
     @property
     def tau(self) -> float:
         """The current training temperature, ``tau_schedule(step)``."""
@@ -328,7 +354,8 @@ def build(**overrides) -> CategoricalVAE:
     """The untrained ``ch03_catvae`` model (:data:`RECIPE`, ``overrides`` replace its fields)."""
     r = {**RECIPE, **overrides}
     return CategoricalVAE.mlp(r["num_vars"], r["num_classes"], hidden=tuple(r["hidden"]), kl=r["kl"],
-                              tau=jang_schedule(r["tau0"], r["tau_min"], r["rate"], r["every"]))
+                              tau=jang_schedule(r["tau0"], r["tau_min"], r["rate"], r["every"]),
+                              backend=r.get("backend", "auto"))
 
 
 def train(out: str | Path | None = None, num_epochs: int | None = None, progress: bool = True, root=None,
@@ -369,7 +396,7 @@ def train(out: str | Path | None = None, num_epochs: int | None = None, progress
     meta = {
         "name": "ch03_catvae", "recipe": {**r, "hidden": list(r["hidden"])}, "num_epochs": epochs,
         "num_train": len(x_train), "num_test": len(x_test), "steps": int(model.step),
-        "final_tau": model.tau, "history": hist.to_dict(),
+        "final_tau": model.tau, "backend": model.backend, "history": hist.to_dict(),
         "eval": {"test_elbo": ev_test["elbo"], "test_elbo_se": ev_test["elbo_se"], "test_bound": ev_k["iwae"],
                  "test_bound_se": ev_k["iwae_se"], "bound_k": r["eval_k"], "bound_num_test": ev_k["n"],
                  "eval_seconds": time.perf_counter() - t0},

@@ -35,6 +35,28 @@ def _expm1_minus_x(d: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, torch.expm1(d) - d)
 
 
+def _sq_over_var(diff: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    r""":math:`\delta^2e^{-v}` (a squared mean difference over a variance), finite wherever the true value is.
+
+    For ``v`` above :math:`-\tfrac12\log(\text{dtype max})` (about -44 in float32, -354 in float64) this is the
+    plain product ``diff**2 * exp(-v)``. Below, :math:`e^{-v}` can overflow (at ``v < -88.7`` in float32) and
+    ``0 * inf`` would give NaN even for equal means, so the value is computed in log space,
+    :math:`\exp(2\log|\delta|-v)`, and a zero difference gives exactly 0 (with a zero, finite gradient: both
+    branches are evaluated at safe arguments before ``torch.where`` picks one, so no NaN reaches the backward pass).
+    """
+    dtype = torch.promote_types(diff.dtype, logvar.dtype)
+    lim = 0.5 * math.log(torch.finfo(dtype).max)
+    big = logvar < -lim
+    zero_v = torch.zeros((), dtype=logvar.dtype, device=logvar.device)
+    ordinary = diff.pow(2) * torch.exp(-torch.where(big, zero_v, logvar))
+    adiff = diff.abs()
+    use = big & (adiff > 0)
+    log_adiff = torch.log(torch.where(use, adiff, torch.ones_like(adiff)))
+    v = torch.where(use, logvar, zero_v)
+    extreme = torch.where(use, torch.exp(2.0 * log_adiff - v), torch.zeros_like(log_adiff))
+    return torch.where(big, extreme, ordinary)
+
+
 def _normal_args(q_mean, q_logvar, p_mean, p_logvar):
     """Validate and convert the arguments of :func:`kl_normal_diag` (same dtype/device, finite, broadcastable)."""
     q_mean = torch.as_tensor(q_mean)
@@ -65,7 +87,10 @@ def kl_normal_diag(q_mean, q_logvar, p_mean=0.0, p_logvar=0.0) -> torch.Tensor:
 
     Written with :math:`e^d-1-d` computed without cancellation (``expm1`` and, for tiny ``|d|``, its Taylor series),
     so that it is exactly zero at equality and keeps full relative accuracy when ``d`` is tiny,
-    and parameterised by log-variances so that variances from 1e-6 to 1e6 are fine in float32.
+    and parameterised by log-variances so that variances from 1e-6 to 1e6 are fine in float32. The mean term
+    :math:`(\mu_q-\mu_p)^2e^{-v_p}` is computed in log space where :math:`e^{-v_p}` could overflow, so the KL stays
+    finite (and exactly 0 for ``q == p``, with finite gradients) down to the dtype's smallest variances
+    (``p_logvar`` about -103 in float32, -744 in float64); it is ``inf`` only where the true KL exceeds the dtype.
 
     Args:
         q_mean, q_logvar: ``(..., D)`` mean and log-variance of :math:`q`.
@@ -76,7 +101,7 @@ def kl_normal_diag(q_mean, q_logvar, p_mean=0.0, p_logvar=0.0) -> torch.Tensor:
     """
     q_mean, q_logvar, p_mean, p_logvar = _normal_args(q_mean, q_logvar, p_mean, p_logvar)
     d = q_logvar - p_logvar  # log(sigma_q^2 / sigma_p^2)
-    sq = (q_mean - p_mean).pow(2) * torch.exp(-p_logvar)  # (mu_q - mu_p)^2 / sigma_p^2
+    sq = _sq_over_var(q_mean - p_mean, p_logvar)  # (mu_q - mu_p)^2 / sigma_p^2, without 0 * inf
     return 0.5 * (_expm1_minus_x(d) + sq).sum(-1)
 
 
@@ -100,6 +125,9 @@ def _mvn_args(q_mean, q_cov, p_mean, p_cov):
     q_mean = torch.as_tensor(q_mean)
     if not torch.is_floating_point(q_mean):
         q_mean = q_mean.to(torch.get_default_dtype())
+    if q_mean.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"q_mean has dtype {q_mean.dtype}, but kl_mvn supports float32 and float64 only (its "
+                        f"Cholesky factorisations have no half-precision kernels): convert with .float() or .double()")
     q_cov = torch.as_tensor(q_cov, dtype=q_mean.dtype, device=q_mean.device)
     dim = q_mean.shape[-1] if q_mean.dim() else 0
     if q_mean.dim() == 0:
@@ -114,6 +142,10 @@ def _mvn_args(q_mean, q_cov, p_mean, p_cov):
                              f"got {tuple(cov.shape)}")
     if p_mean.shape[-1] != dim:
         raise ValueError(f"p_mean must have last dimension {dim}, got shape {tuple(p_mean.shape)}")
+    for name, t in (("q_mean", q_mean), ("q_cov", q_cov), ("p_mean", p_mean), ("p_cov", p_cov)):
+        if t.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): kl_mvn needs D >= 1 and every batch "
+                             f"dimension >= 1 (at least one pair of distributions)")
     for name, t in (("q_mean", q_mean), ("p_mean", p_mean)):
         _check_nan(name, t)
         if torch.isinf(t).any():
@@ -213,6 +245,13 @@ def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = Non
         the estimate, shape ``q.batch_shape``, or ``(estimate, stderr)`` if ``return_stderr``.
     """
     check_int("num_samples", num_samples, 2)
+    from torch.distributions import Distribution
+
+    for name, d in (("q", q), ("p", p)):
+        if not isinstance(d, Distribution):
+            raise TypeError(f"{name} must be a torch.distributions.Distribution (with sample or rsample, and "
+                            f"log_prob), got {type(d).__name__}; for distributions given by parameter tensors use "
+                            f"the closed forms kl_normal_diag, kl_mvn or kl_categorical")
     if q.event_shape != p.event_shape:
         raise ValueError(f"q and p must have the same event shape, got {tuple(q.event_shape)} and "
                          f"{tuple(p.event_shape)}")

@@ -39,6 +39,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from .models import MLP, BatchMixin, BernoulliDecoder
+from .kernels import _check_backend
 from .svgd import BANDWIDTH_RULES, amortized_svgd_loss, median_bandwidth, rbf_kernel, stein_kernel_matrix
 from .utils import check_finite, check_int, check_number
 
@@ -138,6 +139,10 @@ class LDCVAE(BatchMixin, nn.Module):
         lam: :math:`\lambda` of the Gibbs posterior :math:`\pi_\lambda(z\mid x)\propto p(z)p_\theta(x\mid z)^\lambda`.
         rule: the median-bandwidth rule of the SVGD kernel (:func:`vaebook.svgd.median_bandwidth`).
         binarize: ``"dynamic"`` draws a fresh binarisation of grey-level images at every training step.
+        backend: ``"auto"`` (default), ``"torch"`` or ``"triton"``, passed to
+            :func:`vaebook.svgd.amortized_svgd_loss` (the rule of :mod:`vaebook.kernels`: the tiled SVGD kernel, one
+            grid column per image's particle set, for CUDA tensors by default); an attribute, not in the
+            ``state_dict``.
 
     ``loss(batch) -> (loss, logs)`` (the book's contract) returns the sum of the amortized-SVGD surrogate for the
     encoder (eq. ``ch06-amortized``) and the decoder's negative particle log-likelihood; the two touch disjoint
@@ -147,8 +152,9 @@ class LDCVAE(BatchMixin, nn.Module):
     """
 
     def __init__(self, enc: ParticleEncoder, dec: nn.Module, latent_dim: int | None = None, num_particles: int = 8,
-                 lam: float = 1.0, rule: str = "code", binarize: str | None = "dynamic"):
+                 lam: float = 1.0, rule: str = "code", binarize: str | None = "dynamic", backend: str = "auto"):
         super().__init__()
+        self.backend = _check_backend(backend)
         check_int("num_particles", num_particles, 2)
         check_number("lam", lam, 0.0, strict=True)
         if rule not in BANDWIDTH_RULES:
@@ -182,7 +188,7 @@ class LDCVAE(BatchMixin, nn.Module):
         x = self._prepare(batch)
         z = self.enc(x, self.num_particles)  # (B, K, d), attached to the encoder
         score, ll = self.gibbs_score(x, z)
-        surrogate, phi = amortized_svgd_loss(z, score, rule=self.rule, return_direction=True)
+        surrogate, phi = amortized_svgd_loss(z, score, rule=self.rule, return_direction=True, backend=self.backend)
         rec = ll.mean()
         loss = surrogate - rec
         return loss, {"loss": loss.item(), "rec": rec.item(), "phi_norm": phi.norm(dim=-1).mean().item(),
@@ -374,7 +380,8 @@ def train(out, num_epochs: int | None = None, progress: bool = True, num_train: 
     ev = evaluate(model, x_test[:n_eval], k=k)
     z_agg = model.particles(x_test[:2000], 1, torch.Generator().manual_seed(2))[:, 0]
     cons = latent_consistency(z_agg, torch.Generator().manual_seed(3))
-    meta = {"name": "ch07_ldc", "config": cfg, "num_epochs": epochs, "num_train": len(x_train),
+    meta = {"name": "ch07_ldc", "config": cfg, "backend": model.backend, "num_epochs": epochs,
+            "num_train": len(x_train),
             "history": hist.to_dict(),
             "eval": {"test_elbo_fitted": ev["elbo"], "test_elbo_fitted_se": ev["elbo_se"], "test_iwae": ev["iwae"],
                      "test_iwae_se": ev["iwae_se"], "iwae_k": k, "iwae_num_test": ev["n"], "proposal": "fitted",

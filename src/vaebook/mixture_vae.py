@@ -33,6 +33,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from .divergences import kl_normal_diag
 from .mixtures import kl_gmm
 from .models import MLP, BatchMixin, BernoulliDecoder
+from .kernels import _check_backend
 from .relaxed import _as_tau, gumbel_softmax
 from .utils import check_int
 
@@ -50,12 +51,14 @@ def _soft_clamp(v, bound=12.0):
     return bound * torch.tanh(v / bound)
 
 
-def relaxed_mixture_sample(logits, q_mean, q_logvar, tau, hard=False, num_samples=None, generator=None):
+def relaxed_mixture_sample(logits, q_mean, q_logvar, tau, hard=False, num_samples=None, generator=None, *,
+                           backend="auto"):
     r"""Report eqs. (4)-(8): :math:`z=\sum_kv_k(\mu_k+\sigma_k\odot\epsilon_k)` with :math:`v` a Gumbel-softmax sample.
 
     Args:
         logits ``(..., K)``; q_mean, q_logvar ``(..., K, D)``; tau > 0; hard: straight-through one-hot ``v``;
-        num_samples: ``S`` leading samples; generator: for both noises.
+        num_samples: ``S`` leading samples; generator: for both noises; backend: for the Gumbel-softmax sample
+        (:func:`vaebook.relaxed.gumbel_softmax`, the rule of :mod:`vaebook.kernels`).
 
     Returns ``z`` ``(..., D)`` (or ``(S, ..., D)``) and ``v`` ``(..., K)`` (or ``(S, ..., K)``). For ``tau > 0`` and
     ``hard=False``, ``z`` is *not* distributed as the mixture (Chapter 2).
@@ -73,7 +76,7 @@ def relaxed_mixture_sample(logits, q_mean, q_logvar, tau, hard=False, num_sample
         _as_tau(tau, logits)
         v = torch.ones((*lead, *logits.shape), dtype=logits.dtype, device=logits.device)
     else:
-        v = gumbel_softmax(logits.expand(*lead, *logits.shape), tau, hard=hard, generator=generator)
+        v = gumbel_softmax(logits.expand(*lead, *logits.shape), tau, hard=hard, generator=generator, backend=backend)
     eps = torch.randn(*lead, *q_mean.shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
     w = q_mean + torch.exp(0.5 * q_logvar) * eps
     return (v.unsqueeze(-1) * w).sum(-2), v
@@ -99,12 +102,17 @@ class GumbelMixtureVAE(_Base):
             correspondence; a tighter certified bound, Chapter 2).
         prior_spread: standard deviation of the initial prior means (breaks the symmetry between components).
         binarize: ``"dynamic"`` (fresh Bernoulli pixels every training step) or ``None``.
+        backend: ``"auto"`` (default), ``"torch"`` or ``"triton"``, for the Gumbel-softmax sample and the
+            matched-bound KL (the rule of :mod:`vaebook.kernels`: the Triton kernels on a GPU by default); kept as
+            the attribute ``backend``, not in the ``state_dict``.
     """
 
     def __init__(self, data_shape: Sequence[int] = (1, 28, 28), latent_dim: int = 10, num_components: int = 10,
                  hidden: Sequence[int] = (256,), activation: str = "relu", tau: float = 1.0, hard: bool = False,
-                 kl: str = "matched", prior_spread: float = 1.0, binarize: str | None = "dynamic"):
+                 kl: str = "matched", prior_spread: float = 1.0, binarize: str | None = "dynamic",
+                 backend: str = "auto"):
         super().__init__()
+        self.backend = _check_backend(backend)
         self.latent_dim = check_int("latent_dim", latent_dim)
         self.num_components = check_int("num_components", num_components)
         if not (isinstance(tau, (int, float)) and tau > 0 and math.isfinite(tau)):
@@ -150,7 +158,8 @@ class GumbelMixtureVAE(_Base):
 
     def kl_term(self, logits, q_mean, q_logvar) -> torch.Tensor:
         """The KL term, ``(B,)``: ``kl_gmm(q, p, method=self.kl)`` (an upper bound on KL(q || p))."""
-        return kl_gmm(self.mixture(logits, q_mean, q_logvar), self.prior(), method=self.kl)
+        return kl_gmm(self.mixture(logits, q_mean, q_logvar), self.prior(), method=self.kl,
+                      backend=self.backend if self.kl == "matched" else "torch")
 
     def kl_categorical_part(self, logits) -> torch.Tensor:
         r""":math:`\sum_k\pi^q_k\log(\pi^q_k/\pi^p_k)`, the component-choice part of the matched bound, ``(B,)``."""
@@ -159,7 +168,8 @@ class GumbelMixtureVAE(_Base):
     def relaxed_sample(self, logits, q_mean, q_logvar, tau=None, hard=None, num_samples=None, generator=None):
         """:func:`relaxed_mixture_sample` with the model's ``tau`` and ``hard`` unless given."""
         return relaxed_mixture_sample(logits, q_mean, q_logvar, self.tau if tau is None else tau,
-                                      self.hard if hard is None else hard, num_samples, generator)
+                                      self.hard if hard is None else hard, num_samples, generator,
+                                      backend=self.backend)
 
     # -- objectives ---------------------------------------------------------------------------------------------
     def elbo(self, x: torch.Tensor, num_samples: int = 1) -> dict[str, torch.Tensor]:

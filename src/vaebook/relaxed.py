@@ -224,7 +224,7 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, *, backend: str = "auto") -> torch.Tensor:
     r"""Gumbel-Softmax / Concrete sample (Chapter 3, Jang eq. 2), optionally straight-through (Jang §2.2).
 
     .. math:: y_k=\frac{\exp((\ell_k+g_k)/\tau)}{\sum_{j=1}^K\exp((\ell_j+g_j)/\tau)},\qquad g_k\sim\mathrm{Gumbel}(0,1).
@@ -241,11 +241,19 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None,
         gumbel: optional Gumbel noise broadcastable to ``(..., K)`` (to compare backends on identical noise);
             drawn with :func:`sample_gumbel` otherwise.
         generator: optional ``torch.Generator`` for the noise.
+        backend: ``"auto"`` (default: the fused Triton kernel :func:`vaebook.kernels.gumbel_softmax` on CUDA tensors
+            when triton is installed, this PyTorch code otherwise), ``"torch"`` or ``"triton"``; the rule of
+            :mod:`vaebook.kernels`. The noise is drawn here in PyTorch either way, so both backends see the same
+            draws for the same random state.
 
     Returns:
         ``(..., K)``, on the simplex (in float32 at small tau, entries can underflow to exact 0: use
         :func:`exp_concrete_sample` when you need the density of the sample).
     """
+    from . import kernels
+
+    if kernels.resolve_backend(backend, logits, tau, gumbel) == "triton":
+        return kernels.gumbel_softmax(logits, tau, hard, gumbel, generator, backend="triton")
     logits = _as_logits(logits, allow_neg_inf=True)
     tau_e = _event(_as_tau(tau, logits))
     scores = _scores(logits + _noise(logits, tau_e, gumbel, generator), tau_e)
@@ -665,6 +673,10 @@ def relaxed_kl_equal_tau_exact(q_logits, p_logits, *, step: float = 0.25) -> tor
     except RuntimeError:
         raise ValueError(f"q_logits and p_logits must broadcast, got shapes {tuple(q_logits.shape)} "
                          f"and {tuple(p_logits.shape)}") from None
+    for name, t in (("q_logits", q_logits), ("p_logits", p_logits)):
+        if t.numel() == 0:
+            raise ValueError(f"{name} has an empty batch (shape {tuple(t.shape)}): relaxed_kl_equal_tau_exact needs "
+                             f"every batch dimension >= 1 (at least one pair of distributions)")
     d = torch.log_softmax(q_logits.double(), -1) - torch.log_softmax(p_logits.double(), -1)
     log_a = -d  # max(log_a) >= 0 >= min(log_a), because sum_k pi^q_k a_k = 1
     lo = -float(log_a.detach().amax()) - 40.0

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from .kernels import _check_backend
 from .utils import check_int
 
 __all__ = [
@@ -83,6 +84,10 @@ def _check_x(x) -> torch.Tensor:
         raise ValueError(f"x must have shape (..., n, d) with n, d >= 1, got {tuple(x.shape)}")
     if not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x has dtype {x.dtype}, but the SVGD and KSD functions support float32 and float64 only "
+                        f"(half precision has no CPU cdist kernel and too narrow a range for kernel values): "
+                        f"convert with .float() or .double()")
     if not bool(torch.isfinite(x.detach()).all()):
         raise ValueError("x must be finite (no NaN or inf among the particles)")
     return x
@@ -109,9 +114,7 @@ def _resolve_bandwidth(x: torch.Tensor, bandwidth, rule: str, median_sample: int
     if bandwidth is None:
         return median_bandwidth(x, rule=rule, median_sample=median_sample, generator=generator)
     h = bandwidth(x) if callable(bandwidth) else bandwidth
-    h = torch.as_tensor(h, dtype=x.dtype, device=x.device)
-    if not (torch.isfinite(h).all() and (h > 0).all()):
-        raise ValueError(f"bandwidth must be finite and > 0, got {bandwidth!r}")
+    h = _check_bandwidth_value(h, bandwidth, x.dtype, x.device)
     if h.ndim == 0:
         return h.expand(x.shape[:-2])
     try:
@@ -119,6 +122,29 @@ def _resolve_bandwidth(x: torch.Tensor, bandwidth, rule: str, median_sample: int
     except RuntimeError:
         raise ValueError(f"bandwidth must be a number or a tensor broadcastable to x.shape[:-2] = "
                          f"{tuple(x.shape[:-2])}, got shape {tuple(h.shape)}") from None
+
+
+def _check_bandwidth_value(h, given, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``h`` as a tensor of ``dtype``; ``ValueError`` unless every entry is > 0 and finite **in that dtype**.
+
+    A positive number that rounds to 0 (or to a subnormal) or to inf in ``dtype`` is named as such, with the
+    range that ``dtype`` allows: e.g. ``1e-50`` underflows in float32, whose smallest normal number is 1.2e-38.
+    """
+    fi = torch.finfo(dtype)
+    allowed = f"allowed: {fi.tiny:.3g} <= h <= {fi.max:.3g} for {dtype} particles"
+    raw = h.detach() if torch.is_tensor(h) else torch.as_tensor(h, dtype=torch.float64)
+    if raw.is_floating_point() and raw.numel() and bool(torch.isfinite(raw).all() and (raw > 0).all()):
+        lo, hi = float(raw.min()), float(raw.max())
+        if lo < fi.tiny:
+            raise ValueError(f"bandwidth {given!r} underflows in {dtype} (x's dtype; h = {lo:.3g} is below its "
+                             f"smallest normal number, so the kernel exp(-|x-y|^2/h) would divide by 0 or lose all "
+                             f"precision); {allowed}: use a larger bandwidth or float64 particles")
+        if hi > fi.max:
+            raise ValueError(f"bandwidth {given!r} overflows to inf in {dtype} (x's dtype); {allowed}")
+    h = torch.as_tensor(h, dtype=dtype, device=device)
+    if not (torch.isfinite(h).all() and (h > 0).all()):
+        raise ValueError(f"bandwidth must be finite and > 0 (h in exp(-|x-y|^2/h)), got {given!r}")
+    return h
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -136,9 +162,7 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth) -> torch.Tensor:
     r"""The RBF kernel matrix :math:`k(x_i,y_j)=\exp(-\|x_i-y_j\|^2/h)`, shape ``(..., n, m)`` for ``x`` ``(..., n, d)``
     and ``y`` ``(..., m, d)``; ``bandwidth`` is ``h`` (a number or a tensor of shape ``x.shape[:-2]``). Dense."""
-    h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device)
-    if not bool((torch.isfinite(h) & (h > 0)).all()):
-        raise ValueError(f"bandwidth must be finite and > 0 (h in exp(-|x-y|^2/h)), got {bandwidth!r}")
+    h = _check_bandwidth_value(bandwidth, bandwidth, x.dtype, x.device)
     if x.dim() < 2 or y.dim() < 2 or x.shape[-1] != y.shape[-1]:
         raise ValueError(f"x and y must have shapes (..., n, d) and (..., m, d) with the same d, got "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
@@ -261,8 +285,8 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
 
 
 def svgd_direction(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code", block_size: int = _DEFAULT_BLOCK,
-                   median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   median_sample: int = _DEFAULT_MEDIAN_SAMPLE, generator: torch.Generator | None = None,
+                   backend: str = "auto") -> torch.Tensor:
     r"""The SVGD update direction (Chapter 6, eq. ``ch06-svgd-direction``), blocked, shape of ``x``.
 
     .. math:: \phi_i=\frac1n\sum_{j=1}^n\Big[k(x_j,x_i)\,s_j+\nabla_{x_j}k(x_j,x_i)\Big]
@@ -278,6 +302,9 @@ def svgd_direction(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code"
         block_size: pairs are processed in tiles of ``block_size x block_size``; peak extra memory is a few such
             tiles plus ``O(n d)`` accumulators (about ``3 * block_size**2`` numbers), whatever ``n`` is.
         median_sample, generator: for the median of large sets (see :func:`median_bandwidth`).
+        backend: ``"auto"`` (default: the tiled Triton kernel on CUDA tensors when triton is installed, this
+            blocked PyTorch code otherwise), ``"torch"`` or ``"triton"`` (the rule of :mod:`vaebook.kernels`; the
+            kernel gets every particle set in one launch and is not differentiated through).
 
     The tiles are summed in a fixed order, so results are deterministic. Not wrapped in ``no_grad``: call it on
     tensors that do not require grad (as the driver and :func:`amortized_svgd_loss` do) to keep memory bounded.
@@ -287,22 +314,38 @@ def svgd_direction(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code"
     s = _resolve_score(x, score)
     block_size = _check_block(block_size)
     h = _resolve_bandwidth(x, bandwidth, rule, median_sample, generator)
+    from . import kernels
+
+    if kernels.resolve_backend(backend, x, s) == "triton":
+        return kernels._svgd_direction_sets(x, s, h)
     hb = h[..., None, None]
     n, d = x.shape[-2], x.shape[-1]
     xs = x / hb.sqrt()  # k_ij = exp(-|xs_i - xs_j|^2), the same number as exp(-|x_i - x_j|^2 / h)
-    rhs = torch.cat([s, x, torch.ones_like(x[..., :1])], -1)  # [s_j | x_j | 1]: one matmul per tile
+    # The repulsion (2/h)(x_i sum_j k_ij - sum_j k_ij x_j); for a tiny h (tightly clustered float32 particles, where
+    # 2/h overflows) the same number in units of sqrt(h): (2/sqrt(h))(xs_i sum_j k_ij - sum_j k_ij xs_j).
+    c, fac = (xs, 2.0 / hb.sqrt()) if _tiny_bandwidth(h, 1) else (x, 2.0 / hb)
+    rhs = torch.cat([s, c, torch.ones_like(x[..., :1])], -1)  # [s_j | c_j | 1]: one matmul per tile
     out = torch.empty_like(x)
     for i0 in range(0, n, block_size):
-        acc = None  # sum_j k_ij [s_j | x_j | 1], shape (..., b, 2d + 1)
+        acc = None  # sum_j k_ij [s_j | c_j | 1], shape (..., b, 2d + 1)
         for j0 in range(0, n, block_size):
             k = _sqdist(xs[..., i0:i0 + block_size, :], xs[..., j0:j0 + block_size, :]).neg_().exp_()
             part = k @ rhs[..., j0:j0 + block_size, :]
             acc = part if acc is None else acc + part
             del k
-        ks, kx, k1 = acc[..., :d], acc[..., d:2 * d], acc[..., 2 * d:]
-        xi = x[..., i0:i0 + block_size, :]
-        out[..., i0:i0 + block_size, :] = (ks + (2.0 / hb) * (xi * k1 - kx)) / n
+        ks, kc, k1 = acc[..., :d], acc[..., d:2 * d], acc[..., 2 * d:]
+        ci = c[..., i0:i0 + block_size, :]
+        out[..., i0:i0 + block_size, :] = (ks + fac * (ci * k1 - kc)) / n
     return out
+
+
+def _tiny_bandwidth(h: torch.Tensor, power: int) -> bool:
+    r"""Whether ``1/h**power`` could overflow (or ``h**power`` leave the normal range) in ``h``'s dtype: then the
+    kernel sums are computed in units of :math:`\sqrt h`, where every term is of order one. Otherwise the textbook
+    formulas run (the numbers the library always gave). float32: ``h < 1.9e-37`` for ``power=1``, ``h < 1.7e-18``
+    for ``power=2``."""
+    tiny = torch.finfo(h.dtype).tiny
+    return not bool((h >= 16.0 * tiny ** (1.0 / power)).all())
 
 
 def svgd_direction_dense(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code",
@@ -338,7 +381,10 @@ def stein_kernel_matrix(x: torch.Tensor, score, bandwidth) -> torch.Tensor:
     s = _resolve_score(x, score)
     if bandwidth is None:
         raise ValueError("bandwidth must be given (finite and > 0, e.g. median_bandwidth(x, rule='ksd'))")
-    h = _resolve_bandwidth(x, bandwidth, "ksd", _DEFAULT_MEDIAN_SAMPLE, None)[..., None, None]
+    h = _resolve_bandwidth(x, bandwidth, "ksd", _DEFAULT_MEDIAN_SAMPLE, None)
+    if _tiny_bandwidth(h, 2):  # 4 |x_i - x_j|^2 / h^2 would be 0/0: in units of sqrt(h)
+        return _stein_kernel_scaled(x, s, h) / h[..., None, None]
+    h = h[..., None, None]
     d = x.shape[-1]
     d2 = _sqdist(x, x)
     a = (s * x).sum(-1)  # s_i . x_i
@@ -346,9 +392,25 @@ def stein_kernel_matrix(x: torch.Tensor, score, bandwidth) -> torch.Tensor:
     return torch.exp(-d2 / h) * (s @ s.transpose(-1, -2) + (2.0 / h) * cross + 2.0 * d / h - 4.0 * d2 / h**2)
 
 
+def _stein_kernel_scaled(x: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    r""":math:`h\,u_p(x_i,x_j)` (dense, ``(..., n, n)``), computed in units of :math:`\sqrt h`: with
+    :math:`\tilde x=x/\sqrt h` and :math:`\tilde s=\sqrt h\,s`,
+    :math:`h\,u_p=k_{ij}\big[\tilde s_i^\top\tilde s_j+2(\tilde s_i-\tilde s_j)^\top(\tilde x_i-\tilde x_j)+2d
+    -4\|\tilde x_i-\tilde x_j\|^2\big]`, every term of order one, so that nothing overflows or underflows for
+    tightly clustered particles (the literal :math:`4\|x_i-x_j\|^2/h^2` gives 0/0 in float32 once
+    :math:`h^2<10^{-45}`). ``h`` has shape ``x.shape[:-2]``."""
+    rh = h[..., None, None].sqrt()
+    xs, ss = x / rh, s * rh
+    d = x.shape[-1]
+    d2 = _sqdist(xs, xs)
+    a = (ss * xs).sum(-1)  # s_i . x_i
+    cross = a.unsqueeze(-1) + a.unsqueeze(-2) - ss @ xs.transpose(-1, -2) - xs @ ss.transpose(-1, -2)
+    return torch.exp(-d2) * (ss @ ss.transpose(-1, -2) + 2.0 * cross + 2.0 * d - 4.0 * d2)
+
+
 def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic: str = "u",
         block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
     r"""The kernelized Stein discrepancy :math:`\mathbb S(q,p)` estimated from samples ``x`` of ``q`` (Chapter 6).
 
     ``statistic="u"`` (default): the unbiased U-statistic :math:`\frac1{n(n-1)}\sum_{i\ne j}u_p(x_i,x_j)` (may be
@@ -356,7 +418,9 @@ def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic:
     :math:`u_p` is the RBF closed form of :func:`stein_kernel_matrix`, summed in ``block_size`` tiles (memory
     :math:`O(nd+\text{block\_size}^2)`). ``bandwidth=None`` uses :func:`median_bandwidth` with ``rule`` (default
     ``"ksd"``: :math:`h=2\,\mathrm{median}_{i<j}\|x_i-x_j\|^2`); KSD values depend on the bandwidth, so compare
-    values only at the same ``h`` (pass it explicitly to compare different samples at one ``h``).
+    values only at the same ``h`` (pass it explicitly to compare different samples at one ``h``). ``backend``:
+    ``"auto"`` (default; the Triton KSD kernel on CUDA tensors when triton is installed, this code otherwise),
+    ``"torch"`` or ``"triton"``, the rule of :mod:`vaebook.kernels`.
     Returns a tensor of shape ``x.shape[:-2]``.
     """
     x = _check_x(x)
@@ -368,13 +432,23 @@ def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic:
     s = _resolve_score(x, score)
     block_size = _check_block(block_size)
     h = _resolve_bandwidth(x, bandwidth, rule, median_sample, generator)
+    from . import kernels
+
+    if kernels.resolve_backend(backend, x, s) == "triton":
+        return kernels._ksd_sets(x, s, h, statistic)
     hb = h[..., None, None]
     xs = x / hb.sqrt()
-    a = (s * x).sum(-1, keepdim=True)  # s_i . x_i
-    rhs = torch.cat([s, x, torch.ones_like(a), a], -1)  # [s_j | x_j | 1 | a_j]
+    # For a tiny h (tightly clustered float32 particles: 1/h^2 overflows once h < 1e-19) the sums run in units of
+    # sqrt(h): with xs = x / sqrt(h), ss = sqrt(h) s and H = 1 the total below is h * sum_ij u_p(x_i, x_j), every
+    # term of order one, divided by h only at the end. Otherwise (X, S, H) = (x, s, h): the textbook formula.
+    scaled = _tiny_bandwidth(h, 2)
+    X, S, H = (xs, s * hb.sqrt(), torch.ones_like(h)) if scaled else (x, s, h)
+    Hb = H[..., None, None]
+    a = (S * X).sum(-1, keepdim=True)  # s_i . x_i
+    rhs = torch.cat([S, X, torch.ones_like(a), a], -1)  # [s_j | x_j | 1 | a_j]
     total = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
     for i0 in range(0, n, block_size):
-        xi, si, ai = x[..., i0:i0 + block_size, :], s[..., i0:i0 + block_size, :], a[..., i0:i0 + block_size, :]
+        xi, si, ai = X[..., i0:i0 + block_size, :], S[..., i0:i0 + block_size, :], a[..., i0:i0 + block_size, :]
         acc, kd2 = None, 0.0  # sum_j k_ij [s_j | x_j | 1 | a_j] and sum_ij k_ij |x_i - x_j|^2 / h
         for j0 in range(0, n, block_size):
             d2 = _sqdist(xs[..., i0:i0 + block_size, :], xs[..., j0:j0 + block_size, :])  # |x_i - x_j|^2 / h
@@ -385,13 +459,15 @@ def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic:
             del k, d2
         ks, kx, k1, ka = acc[..., :d], acc[..., d:2 * d], acc[..., 2 * d:2 * d + 1], acc[..., 2 * d + 1:]
         # sum_ij k_ij [s_i.s_j + (2/h)(a_i + a_j - s_i.x_j - x_i.s_j) + 2d/h] - (4/h) sum_ij k_ij |x_i-x_j|^2/h
-        rows = (si * ks).sum(-1) + (2.0 / hb[..., 0]) * ((ai * k1 + ka).squeeze(-1) - (si * kx).sum(-1)
-                                                        - (xi * ks).sum(-1)) + (2.0 * d / hb[..., 0]) * k1.squeeze(-1)
-        total = total + rows.sum(-1) - (4.0 / h) * kd2
+        rows = (si * ks).sum(-1) + (2.0 / Hb[..., 0]) * ((ai * k1 + ka).squeeze(-1) - (si * kx).sum(-1)
+                                                        - (xi * ks).sum(-1)) + (2.0 * d / Hb[..., 0]) * k1.squeeze(-1)
+        total = total + rows.sum(-1) - (4.0 / H) * kd2
     if statistic == "v":
-        return total / (n * n)
-    diag = s.square().sum((-1, -2)) + n * 2.0 * d / h  # u_p(x_i, x_i) = |s_i|^2 + 2d/h
-    return (total - diag) / (n * (n - 1))
+        out = total / (n * n)
+    else:
+        diag = S.square().sum((-1, -2)) + n * 2.0 * d / H  # u_p(x_i, x_i) = |s_i|^2 + 2d/h
+        out = (total - diag) / (n * (n - 1))
+    return out / h if scaled else out
 
 
 def score_from_log_prob(log_prob: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -471,6 +547,8 @@ class SVGD:
             ``reset()``.
         bandwidth, rule, block_size, median_sample: as in :func:`svgd_direction` (the median is recomputed on the
             current particles at every iteration, as in the paper and the code).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``, passed to :func:`svgd_direction` at every step (the rule
+            of :mod:`vaebook.kernels`: the Triton kernel for CUDA particles by default).
 
     ``run(x, num_iter, record_at=...)`` returns the final particles and keeps copies of the particles at the
     iterations in ``record_at`` (0 = the start) in :attr:`snapshots` ``{iteration: tensor}``. The driver never
@@ -479,12 +557,13 @@ class SVGD:
 
     def __init__(self, score: Callable[[torch.Tensor], torch.Tensor], stepsize: float = 1e-3, *,
                  step_rule="adagrad", alpha: float = 0.9, fudge_factor: float = 1e-6, bandwidth=None,
-                 rule: str = "code", block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE):
+                 rule: str = "code", block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+                 backend: str = "auto"):
         if not callable(score):
             raise TypeError("score must be a callable x -> grad log p(x) (see score_from_log_prob)")
         if rule not in BANDWIDTH_RULES:
             raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
-        self.score = score
+        self.score, self.backend = score, _check_backend(backend)
         if step_rule == "adagrad":
             self.step_rule = AdaGradMomentum(stepsize, alpha, fudge_factor)
         elif step_rule == "constant":
@@ -509,7 +588,7 @@ class SVGD:
         with torch.no_grad():
             s = self.score(x)
             return svgd_direction(x, s, self.bandwidth, rule=self.rule, block_size=self.block_size,
-                                  median_sample=self.median_sample)
+                                  median_sample=self.median_sample, backend=self.backend)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One SVGD step; returns new particles."""
@@ -546,7 +625,7 @@ class SVGD:
 
 def amortized_svgd_loss(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code",
                         block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-                        return_direction: bool = False):
+                        return_direction: bool = False, backend: str = "auto"):
     r"""Surrogate loss of amortized SVGD {Wang & Liu 2016} (Chapter 6, eq. ``ch06-amortized``).
 
     ``x = f_eta(xi)`` are sampler outputs ``(..., n, d)`` that require grad; the SVGD direction :math:`\phi` is computed
@@ -560,13 +639,15 @@ def amortized_svgd_loss(x: torch.Tensor, score, bandwidth=None, *, rule: str = "
     output along :math:`\phi`. This is the notes' ``-(x * dx.detach()).sum()`` divided by :math:`N` (the scale does not
     matter for Adam). ``score`` is a tensor (the target's score at ``x``; it is detached) or a callable evaluated
     on ``x.detach()``. The value of ``L`` is not a divergence; monitor :math:`\|\phi\|` or :func:`ksd` instead.
+    ``backend`` goes to :func:`svgd_direction` (the Triton kernel for CUDA tensors by default).
     Returns ``loss`` or ``(loss, phi)``.
     """
     x = _check_x(x)
     xd = x.detach()
     s = (score(xd) if callable(score) else score).detach()
     with torch.no_grad():
-        phi = svgd_direction(xd, s, bandwidth, rule=rule, block_size=block_size, median_sample=median_sample)
+        phi = svgd_direction(xd, s, bandwidth, rule=rule, block_size=block_size, median_sample=median_sample,
+                             backend=backend)
     loss = -(x * phi).sum() / (x.numel() // x.shape[-1])
     return (loss, phi) if return_direction else loss
 
@@ -630,12 +711,13 @@ class AmortizedSVGD(nn.Module):
     ``loss(batch) -> (loss, logs)`` so that :func:`vaebook.train.fit` trains it on :class:`NoiseBatches`.
 
     Each step draws a batch, treats its ``B`` outputs as one particle set, and applies
-    :func:`amortized_svgd_loss` (bandwidth options as there). ``logs``: ``phi_norm`` (mean :math:`\|\phi(x_i)\|`,
-    which shrinks as the sampler approaches the target) and ``surrogate`` (the loss value).
+    :func:`amortized_svgd_loss` (bandwidth options and ``backend`` as there; ``backend`` is kept as an attribute).
+    ``logs``: ``phi_norm`` (mean :math:`\|\phi(x_i)\|`, which shrinks as the sampler approaches the target) and
+    ``surrogate`` (the loss value).
     """
 
     def __init__(self, sampler: nn.Module, score: Callable[[torch.Tensor], torch.Tensor], noise_dim: int, *,
-                 bandwidth=None, rule: str = "code", block_size: int = _DEFAULT_BLOCK):
+                 bandwidth=None, rule: str = "code", block_size: int = _DEFAULT_BLOCK, backend: str = "auto"):
         super().__init__()
         if not callable(score):
             raise TypeError("score must be a callable x -> grad log p(x) (see score_from_log_prob)")
@@ -644,6 +726,7 @@ class AmortizedSVGD(nn.Module):
             raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
         self.sampler, self.score, self.noise_dim = sampler, score, int(noise_dim)
         self.bandwidth, self.rule, self.block_size = bandwidth, rule, block_size
+        self.backend = _check_backend(backend)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.sampler(noise)
@@ -659,7 +742,7 @@ class AmortizedSVGD(nn.Module):
         noise = batch[0] if isinstance(batch, (list, tuple)) else batch
         x = self.sampler(noise)
         loss, phi = amortized_svgd_loss(x, self.score, self.bandwidth, rule=self.rule, block_size=self.block_size,
-                                        return_direction=True)
+                                        return_direction=True, backend=self.backend)
         return loss, {"phi_norm": phi.norm(dim=-1).mean().item(), "surrogate": loss.item()}
 
 

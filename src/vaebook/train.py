@@ -151,6 +151,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, map_locatio
     missing, corrupted, or holds weights for a different architecture.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a directory, not a checkpoint file: give the path of the "
+                              f".pt file itself (e.g. {path / 'NAME.pt'}); see vaebook.pretrained for the names")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; retrain it (see vaebook.pretrained) or fix the path")
     try:
@@ -159,6 +162,12 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, map_locatio
     except Exception as e:  # noqa: BLE001 - any unpickling/zip error means a damaged file
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
                               "delete it and retrain it (see vaebook.pretrained)") from e
+    bad = [k for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite (NaN or inf) weights in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; a diverged training run was "
+                              "saved: delete it and retrain it (see vaebook.pretrained)")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .divergences import kl_categorical, kl_normal_diag
+from .kernels import _check_backend, matched_kl, resolve_backend
 from .models import MLP
 from .relaxed import gumbel_max, gumbel_softmax
 from .utils import check_int, check_number
@@ -382,6 +383,9 @@ class GMVRNN(_RecurrentLatent):
     per-step KL between the mixtures. In eval mode the component is drawn exactly (Gumbel-max), so the ELBO is a
     valid bound and :meth:`log_weights` uses the exact mixture log-densities. ``tau`` is an attribute (annealed
     by :func:`train_gmvrnn_a` as :math:`\max(0.5,e^{-rt})`). Extra terms: ``"kl_cat"``, ``"kl_gauss"``.
+    ``backend`` (``"auto"``, ``"torch"`` or ``"triton"``; the rule of :mod:`vaebook.kernels`) says where the
+    Gumbel-softmax sample and the matched bound run: by default the Triton kernels for CUDA tensors (the matched
+    bound then in one fused kernel, ``kl_gauss`` logged as ``kl - kl_cat``), the PyTorch code otherwise.
 
     ``variant="gmvae"`` (report 5.2, variant (b)): :math:`w_t\sim\mathcal N(\mu_{0,t},\sigma^2_{0,t})` and
     :math:`v_t\sim\mathrm{Cat}(\pi_{0,t})` from the prior network on :math:`h_{t-1}`;
@@ -398,8 +402,9 @@ class GMVRNN(_RecurrentLatent):
     def __init__(self, variant: str = "gumbel", x_dim: int = 28, h_dim: int = 128, z_dim: int = 16,
                  num_components: int = 4, w_dim: int = 8, feat_dim: int = 64, cell: str = "lstm",
                  tau: float = 1.0, hard: bool = False, free_bits: float = 0.0, min_logvar: float = -9.0,
-                 binarize: str | None = "dynamic"):
+                 binarize: str | None = "dynamic", backend: str = "auto"):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
+        self.backend = _check_backend(backend)
         if variant not in ("gumbel", "gmvae"):
             raise ValueError(f"variant must be 'gumbel' or 'gmvae', got {variant!r}")
         check_int("num_components", num_components)
@@ -453,7 +458,7 @@ class GMVRNN(_RecurrentLatent):
         if self.K == 1:  # one component: v = 1 exactly (gumbel_softmax needs K >= 2)
             return w[..., 0, :]
         if relaxed:
-            v = gumbel_softmax(logits, self.tau, hard=self.hard)
+            v = gumbel_softmax(logits, self.tau, hard=self.hard, backend=self.backend)
         else:
             v = gumbel_max(logits)
         return (v.unsqueeze(-1) * w).sum(-2)
@@ -497,8 +502,13 @@ class GMVRNN(_RecurrentLatent):
         q, p = self.mixture_params(fx_t, h)
         z = self._sample_mixture(*q, relaxed=self.training)
         rec = self._rec(x_t, z, h)
-        kl_cat, kl_gauss = self.matched_kl(q, p)
-        kl = kl_cat + kl_gauss
+        if resolve_backend(self.backend, q[0]) == "triton":  # the whole bound in one fused kernel
+            kl = matched_kl(*q, *p, backend="triton")
+            kl_cat = kl_categorical(q[0], p[0])
+            kl_gauss = kl - kl_cat
+        else:
+            kl_cat, kl_gauss = self.matched_kl(q, p)
+            kl = kl_cat + kl_gauss
         logw = rec + self._mixture_log_prob(z, *p) - self._mixture_log_prob(z, *q)
         return z, {"rec": rec, "kl": kl, "kl_train": kl, "logw": logw, "kl_cat": kl_cat, "kl_gauss": kl_gauss}
 
@@ -676,7 +686,8 @@ def train(name: str = "ch09_vrnn", out=None, num_epochs: int | None = None, prog
     ev_iw = evaluate(model, x_test[: s["eval_num_test"]], k=s["eval_k"], batch_size=100)
     with torch.no_grad():  # the one-sample ELBO from the log weights (for the GM-VRNN (b): the exact ELBO)
         lw = torch.cat([metrics_elbo(model, xb) for xb in x_test.split(500)]).double()
-    meta = {"name": name, "config": CONFIGS[name], "settings": s, "num_epochs": epochs, "num_train": len(x_train),
+    meta = {"name": name, "config": CONFIGS[name], "settings": s, "backend": getattr(model, "backend", None),
+            "num_epochs": epochs, "num_train": len(x_train),
             "history": hist.to_dict(),
             "eval": {"test_elbo": ev["elbo"], "test_elbo_se": ev["elbo_se"], "num_test": ev["n"],
                      "test_elbo_logw": lw.mean().item(), "test_elbo_logw_se": (lw.std() / len(lw) ** 0.5).item(),

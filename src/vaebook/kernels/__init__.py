@@ -14,14 +14,37 @@ public op                                  what the Triton kernel does          
                                            each
 =========================================  ============================================  ===========================
 
-**Backends.** Every op takes ``backend="auto" | "torch" | "triton"``:
+**Backends: the one dispatch rule.** Every op here, and every library function on the book's hot paths, takes
+``backend="auto" | "torch" | "triton"`` and resolves it with :func:`resolve_backend`:
 
-* ``"torch"``: the reference (any device, any dtype, autograd as usual).
+* ``"torch"``: the PyTorch reference (any device, any dtype, autograd as usual).
 * ``"triton"``: the Triton kernel. On CUDA tensors the compiled kernel; on CPU tensors only through the Triton
   *interpreter* (``TRITON_INTERPRET=1`` in the environment **before the first** ``import triton`` of the process;
   slow, for tests and teaching). Otherwise a :class:`BackendUnavailableError` (a ``RuntimeError``) says why.
 * ``"auto"`` (default): Triton for CUDA tensors when triton can be imported, the reference otherwise (CPU tensors
-  always take the reference, even under the interpreter: it is thousands of times faster there).
+  always take the reference, even under the interpreter: it is thousands of times faster there). On the CPU,
+  ``"auto"`` is therefore exactly the PyTorch path the library had before it had kernels (the same numbers).
+
+The library functions that follow this rule, and the kernel each one reaches:
+
+* :func:`vaebook.svgd.svgd_direction` (and through it :class:`vaebook.svgd.SVGD`,
+  :func:`vaebook.svgd.amortized_svgd_loss`, :class:`vaebook.svgd.AmortizedSVGD`, :class:`vaebook.ldc.LDCVAE`):
+  the tiled SVGD-direction kernel, every particle set of a ``(..., n, d)`` batch in one launch (one grid column
+  per set, each with its own bandwidth);
+* :func:`vaebook.svgd.ksd`: the KSD row-sum kernel, likewise batched;
+* :func:`vaebook.mixtures.kl_gmm` with ``method="matched"`` and ``matching="given"`` between mixtures of diagonal
+  Gaussians (and through it :class:`vaebook.mixture_vae.GumbelMixtureVAE`; :class:`vaebook.vrnn.GMVRNN`
+  ``variant="gumbel"`` calls :func:`matched_kl` itself): the fused matched-bound kernels, forward and backward;
+* :func:`vaebook.relaxed.gumbel_softmax` (and through it :func:`vaebook.mixture_vae.relaxed_mixture_sample`,
+  :class:`vaebook.discrete_vae.CategoricalLatent` / ``CategoricalVAE``, ``GumbelMixtureVAE``, ``GMVRNN``): the
+  fused Gumbel-Softmax kernels, forward and backward.
+
+Models take ``backend`` as a constructor argument (default ``"auto"``), keep it as the attribute ``backend`` (not
+in the ``state_dict``, so checkpoints do not depend on it) and pass it to these functions. A model or function that
+runs on a GPU therefore runs the kernels without being asked; ``backend="torch"`` forces the reference anywhere.
+The kernel paths compute values and gradients equal to the reference up to the order of floating-point sums
+(``tests/test_kernels.py``, ``tests/test_dispatch.py``); the SVGD and KSD kernels, like the SVGD direction itself,
+are not differentiated through.
 
 ``import vaebook.kernels`` never imports triton: the kernel modules (``_triton_*.py``) are imported only when a
 Triton launch is about to happen. Triton is the optional extra ``vaebook[gpu]`` (``triton==3.7.1``, the version
@@ -83,6 +106,13 @@ def _tensors_device(tensors) -> str:
     return types.pop() if types else "cpu"
 
 
+def _check_backend(backend) -> str:
+    """``backend`` checked against :data:`BACKENDS` (for constructors that store it; it is resolved per call)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+    return backend
+
+
 def resolve_backend(backend: str, *tensors) -> str:
     """The backend that will run: ``"torch"`` or ``"triton"`` (see the module docstring for the rules).
 
@@ -90,8 +120,7 @@ def resolve_backend(backend: str, *tensors) -> str:
         ValueError: ``backend`` is not one of :data:`BACKENDS`.
         BackendUnavailableError: ``backend="triton"`` where Triton cannot run.
     """
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+    _check_backend(backend)
     if backend == "torch":
         return "torch"
     device = _tensors_device(tensors)
@@ -150,6 +179,26 @@ def _particles(x, score):
     return x.contiguous(), score.contiguous()
 
 
+def _svgd_direction_sets(x: torch.Tensor, score: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The Triton SVGD direction for ``(..., n, d)`` particle sets with bandwidths ``h`` (shape ``x.shape[:-2]``):
+    the path of :func:`vaebook.svgd.svgd_direction` when the backend resolves to ``"triton"`` (no autograd)."""
+    n, d = x.shape[-2:]
+    xs = x.detach().reshape(-1, n, d).contiguous()
+    ss = score.detach().to(x.dtype).reshape(-1, n, d).contiguous()
+    out = _kernels("svgd").svgd_direction(xs, ss, h.detach().reshape(-1), None)
+    return out.reshape(x.shape)
+
+
+def _ksd_sets(x: torch.Tensor, score: torch.Tensor, h: torch.Tensor, statistic: str) -> torch.Tensor:
+    """The Triton KSD for ``(..., n, d)`` particle sets with bandwidths ``h`` (shape ``x.shape[:-2]``): the path of
+    :func:`vaebook.svgd.ksd` when the backend resolves to ``"triton"`` (no autograd). Returns ``x.shape[:-2]``."""
+    n, d = x.shape[-2:]
+    xs = x.detach().reshape(-1, n, d).contiguous()
+    ss = score.detach().to(x.dtype).reshape(-1, n, d).contiguous()
+    rows = _kernels("svgd").ksd_row_sums(xs, ss, h.detach().reshape(-1), statistic == "u", None)
+    return (rows.sum(-1) / (n * (n - 1) if statistic == "u" else n * n)).reshape(x.shape[:-2])
+
+
 def svgd_direction(x, score, bandwidth=None, *, backend: str = "auto", block: int | None = None) -> torch.Tensor:
     r"""The SVGD direction :math:`\phi(x_i)=\frac1n\sum_j[k(x_j,x_i)s_j+\nabla_{x_j}k(x_j,x_i)]`, RBF kernel
     :math:`k(x,y)=\exp(-\|x-y\|^2/h)` (Chapter 6; Appendix "GPU kernels", eq. ``app-kern-phi``).
@@ -171,7 +220,7 @@ def svgd_direction(x, score, bandwidth=None, *, backend: str = "auto", block: in
     _check_block(block)
     h = reference._bandwidth(x, bandwidth, "code")
     if resolve_backend(backend, x, score) == "torch":
-        return reference.svgd_direction_reference(x, score, h)
+        return reference._svgd_direction_dense(x, score, h)
     return _kernels("svgd").svgd_direction(x.detach(), score.detach(), h, block)
 
 
@@ -197,7 +246,7 @@ def ksd(x, score, bandwidth=None, *, statistic: str = "u", backend: str = "auto"
     reference._check_statistic(statistic, n)
     h = reference._bandwidth(x, bandwidth, "ksd")
     if resolve_backend(backend, x, score) == "torch":
-        return reference.ksd_reference(x, score, h, statistic=statistic)
+        return reference._ksd_dense(x, score, h, statistic)
     rows = _kernels("svgd").ksd_row_sums(x.detach(), score.detach(), h, statistic == "u", block)
     return rows.sum() / (n * (n - 1) if statistic == "u" else n * n)
 
@@ -250,7 +299,7 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None, generator: torc
     from .. import relaxed
 
     if resolve_backend(backend, logits, tau, gumbel) == "torch":
-        return relaxed.gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator)
+        return relaxed.gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator, backend="torch")
     _check_block(block_k, "block_k")
     logits = relaxed._as_logits(logits, allow_neg_inf=True)
     tau_t = relaxed._as_tau(tau, logits)

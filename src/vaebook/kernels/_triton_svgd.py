@@ -21,8 +21,14 @@ import triton.language as tl
 def _svgd_direction_kernel(x_ptr, s_ptr, out_ptr, par_ptr, n, d,
                            BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
     # phi_i = (1/n) [ sum_j k_ij (s_j - (2/h) x_j) + (2/h) x_i sum_j k_ij ],  k_ij = exp(-|x_i - x_j|^2 / h)
-    inv_h = tl.load(par_ptr)  # scalars come in a tensor of x's dtype (a Python float would be float32)
-    inv_n = tl.load(par_ptr + 1)
+    # grid axis 1: independent particle sets (n, d) stored one after the other, each with its own bandwidth
+    pset = tl.program_id(1)
+    base = pset.to(tl.int64) * n * d
+    x_ptr = x_ptr + base
+    s_ptr = s_ptr + base
+    out_ptr = out_ptr + base
+    inv_h = tl.load(par_ptr + 2 * pset)  # scalars come in a tensor of x's dtype (a Python float would be float32)
+    inv_n = tl.load(par_ptr + 2 * pset + 1)
     pid = tl.program_id(0)
     rows = pid * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
@@ -50,8 +56,13 @@ def _svgd_direction_kernel(x_ptr, s_ptr, out_ptr, par_ptr, n, d,
 @triton.jit
 def _ksd_rows_kernel(x_ptr, s_ptr, out_ptr, par_ptr, n, d,
                      U_STAT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
-    # out_i = sum_j u(x_i, x_j) (j != i for the U-statistic), with the RBF closed form of u.
-    inv_h = tl.load(par_ptr)
+    # out_i = sum_j u(x_i, x_j) (j != i for the U-statistic), with the RBF closed form of u; one set per grid column
+    pset = tl.program_id(1)
+    base = pset.to(tl.int64) * n * d
+    x_ptr = x_ptr + base
+    s_ptr = s_ptr + base
+    out_ptr = out_ptr + pset.to(tl.int64) * n
+    inv_h = tl.load(par_ptr + pset)
     pid = tl.program_id(0)
     rows = pid * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
@@ -87,28 +98,34 @@ def _blocks(n: int, d: int, block: int | None) -> tuple[int, int, int]:
     return block, block, block_d
 
 
-def svgd_direction(x, score, h: float, block: int | None = None):
-    """SVGD direction with the tiled kernel; ``x``, ``score`` contiguous ``(n, d)`` of one dtype and device."""
+def svgd_direction(x, score, h, block: int | None = None):
+    """SVGD direction with the tiled kernel. ``x``, ``score``: contiguous ``(n, d)``, or ``(S, n, d)`` for ``S``
+    independent particle sets (one grid column each), of one dtype and device; ``h``: a number, or a tensor of ``S``
+    bandwidths."""
     import torch
 
-    n, d = x.shape
+    sets = x.reshape(-1, *x.shape[-2:])
+    S, n, d = sets.shape
     out = torch.empty_like(x)
     bi, bj, bd = _blocks(n, d, block)
-    grid = (triton.cdiv(n, bi),)
-    par = torch.tensor([1.0 / h, 1.0 / n], dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(n, bi), S)
+    inv_h = 1.0 / torch.as_tensor(h, dtype=torch.float64, device=x.device).expand(S)  # 1/h in float64, then rounded
+    par = torch.stack([inv_h, torch.full_like(inv_h, 1.0 / n)], -1).to(x.dtype).contiguous()
     _svgd_direction_kernel[grid](x, score, out, par, n, d, BLOCK_I=bi, BLOCK_J=bj, BLOCK_D=bd)
     return out
 
 
-def ksd_row_sums(x, score, h: float, u_statistic: bool, block: int | None = None):
-    """Per-particle sums of the Stein kernel ``u(x_i, .)``, ``(n,)``; the caller sums and normalises."""
+def ksd_row_sums(x, score, h, u_statistic: bool, block: int | None = None):
+    """Per-particle sums of the Stein kernel ``u(x_i, .)``: ``(n,)`` for ``(n, d)`` inputs, ``(S, n)`` for ``S``
+    sets ``(S, n, d)`` (``h`` a number or ``S`` bandwidths); the caller sums and normalises."""
     import torch
 
-    n, d = x.shape
-    out = torch.empty(n, dtype=x.dtype, device=x.device)
+    sets = x.reshape(-1, *x.shape[-2:])
+    S, n, d = sets.shape
+    out = torch.empty(x.shape[:-1], dtype=x.dtype, device=x.device)
     bi, bj, bd = _blocks(n, d, block)
-    grid = (triton.cdiv(n, bi),)
-    par = torch.tensor([1.0 / h], dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(n, bi), S)
+    par = (1.0 / torch.as_tensor(h, dtype=torch.float64, device=x.device).expand(S)).to(x.dtype).contiguous()
     _ksd_rows_kernel[grid](x, score, out, par, n, d, U_STAT=bool(u_statistic),
                            BLOCK_I=bi, BLOCK_J=bj, BLOCK_D=bd)
     return out

@@ -55,6 +55,10 @@ def _bandwidth(x: torch.Tensor, bandwidth, rule: str = "code") -> float:
         return float(median_bandwidth(x.detach(), rule=rule))
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not (0 < bandwidth < math.inf):
         raise ValueError(f"bandwidth must be a number > 0 (h in exp(-|x-y|^2/h)) or None, got {bandwidth!r}")
+    if x.is_floating_point():
+        from ..svgd import _check_bandwidth_value
+
+        _check_bandwidth_value(float(bandwidth), bandwidth, x.dtype)  # e.g. 1e-50 underflows in float32
     return float(bandwidth)
 
 
@@ -83,10 +87,21 @@ def svgd_direction_reference(x, score, bandwidth=None) -> torch.Tensor:
         ``(n, d)``.
     """
     x, score = _check_particles(x, score)
-    h = _bandwidth(x, bandwidth)
-    k = rbf_gram(x, x, h)
+    return _svgd_direction_dense(x, score, _bandwidth(x, bandwidth))
+
+
+def _svgd_direction_dense(x: torch.Tensor, score: torch.Tensor, h: float) -> torch.Tensor:
+    """:func:`svgd_direction_reference` on checked particles and a bandwidth ``h`` (a float) already resolved."""
     n = x.shape[0]
-    return (k @ score + (2.0 / h) * (x * k.sum(1, keepdim=True) - k @ x)) / n
+    if h >= 16.0 * torch.finfo(x.dtype).tiny:
+        k = rbf_gram(x, x, h)
+        return (k @ score + (2.0 / h) * (x * k.sum(1, keepdim=True) - k @ x)) / n
+    # 2/h overflows (tightly clustered float32 particles): the same formula in units of sqrt(h),
+    # k = exp(-|xs_i - xs_j|^2) and (2/h)(diag(K1) x - Kx) = (2/sqrt(h))(diag(K1) xs - K xs), xs = x / sqrt(h)
+    rh = torch.tensor(math.sqrt(h), dtype=x.dtype, device=x.device)
+    xs = x / rh
+    k = rbf_gram(xs, xs, 1.0)
+    return (k @ score + (2.0 / rh) * (xs * k.sum(1, keepdim=True) - k @ xs)) / n
 
 
 def ksd_reference(x, score, bandwidth=None, statistic: str = "u") -> torch.Tensor:
@@ -104,15 +119,27 @@ def ksd_reference(x, score, bandwidth=None, statistic: str = "u") -> torch.Tenso
     Returns:
         a 0-dim tensor.
     """
-    from ..svgd import stein_kernel_matrix
-
     x, score = _check_particles(x, score)
+    _check_statistic(statistic, x.shape[0])
+    return _ksd_dense(x, score, _bandwidth(x, bandwidth, "ksd"), statistic)
+
+
+def _ksd_dense(x: torch.Tensor, score: torch.Tensor, h: float, statistic: str) -> torch.Tensor:
+    """:func:`ksd_reference` on checked particles and a bandwidth ``h`` (a float) already resolved."""
+    from ..svgd import _stein_kernel_scaled, _tiny_bandwidth, stein_kernel_matrix
+
     n = x.shape[0]
-    _check_statistic(statistic, n)
-    u = stein_kernel_matrix(x, score, _bandwidth(x, bandwidth, "ksd"))
+    h = torch.tensor(h, dtype=x.dtype, device=x.device)
+    if not _tiny_bandwidth(h, 2):
+        u = stein_kernel_matrix(x, score, h)
+        if statistic == "u":
+            return (u.sum() - torch.diagonal(u).sum()) / (n * (n - 1))
+        return u.sum() / n**2
+    # 1/h^2 overflows (tightly clustered float32 particles): h * u in units of sqrt(h), divided by h at the end
+    hu = _stein_kernel_scaled(x, score, h)
     if statistic == "u":
-        return (u.sum() - torch.diagonal(u).sum()) / (n * (n - 1))
-    return u.sum() / n**2
+        return (hu.sum() - torch.diagonal(hu).sum()) / (n * (n - 1)) / h
+    return hu.sum() / n**2 / h
 
 
 def _check_statistic(statistic, n: int) -> None:
@@ -126,7 +153,7 @@ def gumbel_softmax_reference(logits, tau, hard: bool = False, gumbel=None, gener
     r"""The reference Gumbel-Softmax / Concrete sample: :func:`vaebook.relaxed.gumbel_softmax` itself."""
     from ..relaxed import gumbel_softmax
 
-    return gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator)
+    return gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator, backend="torch")
 
 
 def matched_kl_reference(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar) -> torch.Tensor:
@@ -148,4 +175,5 @@ def matched_kl_reference(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar)
     def mix(logits, mean, logvar):
         return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(mean, torch.exp(0.5 * logvar)), 1))
 
-    return kl_gmm(mix(q_logits, q_mean, q_logvar), mix(p_logits, p_mean, p_logvar), method="matched")
+    return kl_gmm(mix(q_logits, q_mean, q_logvar), mix(p_logits, p_mean, p_logvar), method="matched",
+                  backend="torch")
