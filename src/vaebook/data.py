@@ -8,7 +8,7 @@
   subset are not comparable with published full-MNIST numbers without saying so.
 * **2-D toy data** (Chapter 8 Soft-IntroVAE, Chapter 6 SVGD): :func:`toy2d` samples ``"8gaussians"``,
   ``"2spirals"``, ``"checkerboard"`` and ``"rings"`` with exactly the rules of the Soft-IntroVAE 2-D code
-  (reference notes ``stein_and_introspection.md`` §3.4); :func:`toy2d_log_density` gives the closed-form
+  (the Soft-IntroVAE authors' 2-D code, ``taldatech/soft-intro-vae-pytorch``); :func:`toy2d_log_density` gives the closed-form
   log-density where there is one.
 
 Every random function takes its own ``torch.Generator`` and never touches the global RNG state.
@@ -460,7 +460,7 @@ def mnist_loaders(batch_size: int = 128, root=None, binarize=False, num_train: i
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 2-D toy data (Soft-IntroVAE 2-D code; notes stein_and_introspection.md §3.4)
+# 2-D toy data (Soft-IntroVAE authors' 2-D code)
 # --------------------------------------------------------------------------------------------------------------
 
 TOY2D_NAMES = ("8gaussians", "2spirals", "checkerboard", "rings")
@@ -506,7 +506,7 @@ def toy2d(name: str, n: int, seed=None) -> torch.Tensor:
 
     ``name`` is one of :data:`TOY2D_NAMES` (case-insensitive). ``seed``: an int (reproducible), ``None``
     (non-deterministic) or a ``torch.Generator`` (used as is and advanced, e.g. one per training run for fresh
-    batches). A local generator is used, so the global RNG state is never touched. Rules (notes §3.4, the
+    batches). A local generator is used, so the global RNG state is never touched. Rules (the
     Soft-IntroVAE 2-D code, data functions from the BNAF repository):
 
     * ``"8gaussians"``: a centre chosen uniformly among :math:`(\pm1,0),(0,\pm1),(\pm\frac1{\sqrt2},\pm\frac1{\sqrt2})`,

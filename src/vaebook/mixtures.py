@@ -7,7 +7,7 @@ The KL divergence between two Gaussian mixtures
 has no closed form (the logarithm of a sum does not simplify), which is why ``torch.distributions.kl_divergence``
 raises ``NotImplementedError`` for two ``MixtureSameFamily`` objects and why this module registers nothing in torch's
 KL registry: any registered function would have to be an approximation, silently. Instead :func:`kl_gmm` makes
-the choice explicit. Its methods follow Hershey & Olsen (ICASSP 2007) as reconstructed in the notes
+the choice explicit. Its methods follow Hershey & Olsen (ICASSP 2007) as Chapter 2 reconstructs them (the paper's text was not verified)
 (``gaussians_and_mixtures.md`` §3); :math:`D_{ab}=D(f_a\|g_b)` below is the closed-form Gaussian KL of Chapter 1.
 
 ============================ ======================================================= ==================================

@@ -695,9 +695,9 @@ def relaxed_kl_equal_tau_exact(q_logits, p_logits, *, step: float = 0.25) -> tor
 
 
 def recab(q_logits, p_logits, *, tau_q=None, tau_p=None) -> torch.Tensor:
-    r"""ReCAB*: a closed-form upper bound on the equal-temperature relaxed KL (Chapter 5; notes §3.2).
+    r"""ReCAB*: a closed-form upper bound on the equal-temperature relaxed KL (Chapter 5).
 
-    **A reconstruction**, derived in the book's notes, with the properties the ReCAB abstract (Oh, Um, Kang 2022)
+    **A reconstruction**, derived in Chapter 5, with the properties the ReCAB abstract (Oh, Um, Kang 2022)
     claims (closed form, an upper bound on the relaxed-categorical KL, close to it); the paper's own formula was not
     available, so do not attribute this expression to the paper. With :math:`d_k=\log\pi^q_k-\log\pi^p_k`,
     :math:`a_k=e^{-d_k}`, Jensen's inequality on the exact form of :func:`relaxed_kl_equal_tau_exact` gives
@@ -707,7 +707,7 @@ def recab(q_logits, p_logits, *, tau_q=None, tau_p=None) -> torch.Tensor:
 
     It is >= 0 (= 0 iff :math:`\pi^q=\pi^p`), not symmetric, invariant to logit shifts and independent of
     :math:`\tau`, and valid **only for equal temperatures**: with unequal ones the relaxed KL can exceed it
-    (notes §1.14(vi)), so passing ``tau_q != tau_p`` raises a ``ValueError``. Computed as
+    (Chapter 3), so passing ``tau_q != tau_p`` raises a ``ValueError``. Computed as
     :math:`K\log\big(\frac1K\sum_k e^{-(d_k-\bar d)}\big)` with :math:`\bar d` the mean of :math:`d`, using
     ``log1p(mean(expm1(.)))`` when all :math:`|d_k-\bar d|<1`, so it is exactly 0 at equality and accurate near it.
 

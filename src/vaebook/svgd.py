@@ -4,7 +4,7 @@ Everything uses the RBF kernel in the SVGD paper's parameterisation
 
 .. math:: k(x,y)=\exp\big(-\|x-y\|^2/h\big)
 
-(``h`` is called the *bandwidth* everywhere in this module; the KSD notes' :math:`\exp(-r^2/(2\sigma^2))` is
+(``h`` is called the *bandwidth* everywhere in this module; the KSD literature's :math:`\exp(-r^2/(2\sigma^2))` is
 :math:`h=2\sigma^2`). Chapter 6 derives the formulas; the equation labels below are the chapter's.
 
 * :func:`svgd_direction` -- the SVGD update (eq. ``ch06-svgd-direction``)
@@ -65,7 +65,7 @@ __all__ = [
     "measure",
 ]
 
-#: the median rules of :func:`median_bandwidth` (notes ``stein_and_introspection.md`` §1.2, §1.5)
+#: the median rules of :func:`median_bandwidth` (Chapter 6)
 BANDWIDTH_RULES = ("code", "paper", "ksd")
 
 _DEFAULT_BLOCK = 1024
@@ -220,7 +220,7 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
                      generator: torch.Generator | None = None) -> torch.Tensor:
     r"""The median-heuristic bandwidth ``h`` of :math:`k(x,y)=\exp(-\|x-y\|^2/h)` for particles ``x`` ``(..., n, d)``.
 
-    Returns a tensor of shape ``x.shape[:-2]`` (one bandwidth per particle set). Rules (notes §1.2, §1.5):
+    Returns a tensor of shape ``x.shape[:-2]`` (one bandwidth per particle set). Rules (Chapter 6):
 
     * ``"code"`` (default of :func:`svgd_direction` and :class:`SVGD`): the official SVGD code
       (``python/svgd.py::svgd_kernel``): :math:`h=m/\log(n+1)` with :math:`m` the median of **all** :math:`n^2`
@@ -229,9 +229,9 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
     * ``"paper"``: the rule stated in the SVGD paper [unverified; quoted by secondary implementations]:
       :math:`h=\mathrm{med}^2/\log n` with med the median of the pairwise distances :math:`\|x_i-x_j\|`, :math:`i<j`.
     * ``"ksd"`` (default of :func:`ksd`): :math:`h=2\,\mathrm{median}_{i<j}\|x_i-x_j\|^2`, i.e. :math:`\sigma^2` = the
-      median of the squared distances in :math:`\exp(-r^2/(2\sigma^2))`, the rule of the notes' KSD checks K1-K4.
+      median of the squared distances in :math:`\exp(-r^2/(2\sigma^2))`, the rule of Chapter 6's KSD checks.
 
-    The reference notes found the code and paper rules equivalent on the 1-D mixture toy (within Monte Carlo error).
+    Chapter 6 finds the code and paper rules equivalent on the 1-D mixture toy (within Monte Carlo error).
 
     **Large n.** For ``n <= median_sample`` the median is exact (the squared distances of all pairs are built once,
     at most ``median_sample``\ :sup:`2` numbers). For larger ``n`` it is estimated on ``median_sample`` points drawn
@@ -490,7 +490,7 @@ def score_from_log_prob(log_prob: Callable[[torch.Tensor], torch.Tensor]) -> Cal
 
 
 class AdaGradMomentum:
-    r"""The step-size rule of the official SVGD code ("AdaGrad with momentum", an RMSProp-style average; notes §1.6).
+    r"""The step-size rule of the official SVGD code ("AdaGrad with momentum", an RMSProp-style average; ``dilinwang820/Stein-Variational-Gradient-Descent``, ``python/svgd.py``).
 
     Per particle and coordinate, with :math:`g_\ell=\phi(x^\ell)`: :math:`H_1=g_1^2`,
     :math:`H_\ell=\alpha H_{\ell-1}+(1-\alpha)g_\ell^2`, displacement :math:`\epsilon\,g_\ell/(\delta+\sqrt{H_\ell})`,
@@ -636,7 +636,7 @@ def amortized_svgd_loss(x: torch.Tensor, score, bandwidth=None, *, rule: str = "
 
     (:math:`N` = number of particles in all sets, sg = stop-gradient), so
     :math:`-\nabla_\eta L=\frac1N\sum_i\partial_\eta f_\eta(\xi_i)^\top\phi(x_i)`: a gradient step on :math:`L` moves every
-    output along :math:`\phi`. This is the notes' ``-(x * dx.detach()).sum()`` divided by :math:`N` (the scale does not
+    output along :math:`\phi`. This is the surrogate ``-(x * dx.detach()).sum()`` divided by :math:`N` (the scale does not
     matter for Adam). ``score`` is a tensor (the target's score at ``x``; it is detached) or a callable evaluated
     on ``x.detach()``. The value of ``L`` is not a divergence; monitor :math:`\|\phi\|` or :func:`ksd` instead.
     ``backend`` goes to :func:`svgd_direction` (the Triton kernel for CUDA tensors by default).
@@ -653,7 +653,7 @@ def amortized_svgd_loss(x: torch.Tensor, score, bandwidth=None, *, rule: str = "
 
 
 class ResidualSampler(nn.Module):
-    r"""A sampler network :math:`f(\xi)=c\,\xi_{1:d}+\mathrm{MLP}(\xi)` (notes §6, check A2).
+    r"""A sampler network :math:`f(\xi)=c\,\xi_{1:d}+\mathrm{MLP}(\xi)` (Chapter 6).
 
     ``noise_dim`` inputs (:math:`\xi\sim\mathcal N(0,I)`), ``out_dim`` outputs, hidden widths ``hidden``, skip scale
     ``scale`` :math:`c` (needs ``noise_dim >= out_dim`` when ``c != 0``). The skip connection gives the initial
@@ -752,7 +752,7 @@ class AmortizedSVGD(nn.Module):
 
 
 def gmm1d_target(dtype: torch.dtype = torch.float64):
-    r"""The SVGD paper's 1-D toy target :math:`\frac13\mathcal N(-2,1)+\frac23\mathcal N(2,1)` (notes §1.7), as a
+    r"""The SVGD paper's 1-D toy target :math:`\frac13\mathcal N(-2,1)+\frac23\mathcal N(2,1)` (Liu & Wang 2016, Section 5), as a
     ``torch.distributions.MixtureSameFamily`` with event shape ``()`` (so ``log_prob`` of ``(n, 1)`` particles is
     ``(n, 1)``; sum over the last dimension for a particle log-density). Mean 2/3, :math:`E[x^2]=5`."""
     from torch.distributions import Categorical, MixtureSameFamily, Normal
@@ -765,7 +765,7 @@ def gmm1d_target(dtype: torch.dtype = torch.float64):
 
 def ring_target(num_modes: int = 8, radius: float = 2.0, std: float = 0.2, dtype: torch.dtype = torch.float64):
     r"""An equal-weight mixture of ``num_modes`` isotropic 2-D Gaussians (s.d. ``std``) on a circle of radius
-    ``radius`` (notes checks A2, A4); a ``MixtureSameFamily`` with event shape ``(2,)``. The centres are
+    ``radius`` (Chapter 6); a ``MixtureSameFamily`` with event shape ``(2,)``. The centres are
     ``target.component_distribution.mean``."""
     from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
@@ -844,7 +844,7 @@ def peak_memory(fn: Callable, *args, **kwargs):
 def measure(fn: Callable, *args, repeats: int = 3, **kwargs) -> dict:
     """Time and peak tensor memory of ``fn(*args, **kwargs)`` on the CPU: ``{"seconds": min over repeats,
     "peak_bytes": from one extra run under :func:`peak_memory`}``. The minimum of repeated runs is the robust
-    statistic on a shared machine (notes ``build_pitfalls.md`` §9)."""
+    statistic on a shared machine."""
     check_int("repeats", repeats)
     times = []
     for _ in range(repeats):

@@ -33,7 +33,7 @@ def get_device(prefer: str | None = None) -> torch.device:
     """The device a chapter runs on: ``prefer`` if given, else CUDA when available, else the CPU.
 
     On a CPU the number of intra-op threads is capped by ``$VAEBOOK_THREADS`` (default: leave torch's choice),
-    because on small shared machines one thread is often faster (see the build notes).
+    because on small shared machines one thread is often faster (measure it).
     """
     threads = os.environ.get("VAEBOOK_THREADS")
     if threads:

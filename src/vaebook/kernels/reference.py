@@ -11,7 +11,7 @@ so their mathematics lives in one place only:
 
 The SVGD direction is written out densely below; the KSD reference is the mean of the Stein chapter's dense
 Stein-kernel matrix (:func:`vaebook.svgd.stein_kernel_matrix`), and the Stein chapter's blocked
-:func:`vaebook.svgd.svgd_direction` is a second reference for the SVGD kernel (tested). Notation (Stein chapter, notes §1.2-1.5):
+:func:`vaebook.svgd.svgd_direction` is a second reference for the SVGD kernel (tested). Notation (Chapter 6):
 particles :math:`x_1..x_n\in\mathbb R^d` stacked in ``x`` ``(n, d)``, scores :math:`s_j=\nabla\log p(x_j)` in
 ``score`` ``(n, d)``, the RBF kernel :math:`k(x,y)=\exp(-\|x-y\|^2/h)` with bandwidth :math:`h>0`.
 """
