@@ -189,3 +189,144 @@ def test_score_executed_reads_errors_and_unrun_cells():
     graded["outputs"], graded["execution_count"] = [], None
     r = A.score_executed(nb)
     assert r["total"] == 0.0 and r["exercises"][0]["checks"][0]["error"] == "not run"
+
+
+# --- the exports for nbgrader and otter-grader (no chapter is executed here; tests/test_instructor_tools.py runs
+# --- the real tools) --------------------------------------------------------------------------------------------
+
+from vaebook import hidden_tests as H
+
+BOOK = A.book_chapters()
+
+
+def test_the_book_chapters_are_the_toc_chapters():
+    assert [c.stem for c in BOOK][:1] == ["ch01_vae"] and BOOK[-1].stem == "appendix_kernels"
+    assert all(c.exists() and c.parent == ROOT / "book" for c in BOOK)
+    assert A._resolve_chapters(["ch03"]) == [ROOT / "book" / "ch03_concrete.ipynb"]
+    with pytest.raises(ValueError, match="names no chapter"):
+        A._resolve_chapters(["ch99"])
+
+
+def test_every_code_exercise_of_every_chapter_has_a_hidden_test():
+    """The registry is complete, has no entry for an exercise that no longer exists, and every entry compiles."""
+    labels = {e.label for c in BOOK for e in A.find_exercises(c) if e.solution_cells}
+    assert labels <= set(H.HIDDEN), f"code exercises without a hidden test: {sorted(labels - set(H.HIDDEN))}"
+    assert set(H.HIDDEN) <= labels, f"hidden tests of no exercise: {sorted(set(H.HIDDEN) - labels)}"
+    for label in H.HIDDEN:
+        code = H.hidden_code(label)
+        compile(code, label, "exec")
+        assert H.BEGIN_HIDDEN not in code and H.END_HIDDEN not in code
+
+
+def _toy_with_hidden(monkeypatch):
+    monkeypatch.setitem(H.HIDDEN, "toy-square", "assert square(-4) == 16\n")
+    return TOY
+
+
+def test_nbgrader_notebook_of_the_toy(monkeypatch):
+    nb = A.nbgrader_notebook(_toy_with_hidden(monkeypatch), "toy.ipynb")
+    meta = {c["metadata"]["nbgrader"]["grade_id"]: (c, c["metadata"]["nbgrader"]) for c in nb["cells"]
+            if "nbgrader" in c["metadata"]}
+    sol, m = meta["toy-square-solution"]
+    assert m["solution"] and not m["grade"] and not m["locked"] and A.BEGIN in sol["source"]
+    check, m = meta["toy-square-check"]
+    assert m["grade"] and m["locked"] and m["points"] == 2 and not m["solution"]
+    visible, hidden = check["source"].split(H.BEGIN_HIDDEN)
+    assert visible.startswith("assert square(3) == 9") and "assert square(-4) == 16" in hidden
+    assert hidden.rstrip().endswith(H.END_HIDDEN)
+    for label in ("toy-square", "toy-derive"):
+        assert meta[f"{label}-statement"][1]["locked"] and meta[f"{label}-answer"][1]["points"] == 0
+        assert meta[f"{label}-answer"][0]["cell_type"] == "markdown"
+    assert "SECRET DERIVATION" in meta["toy-derive-answer"][0]["source"]
+    assert meta["toy-cell-0"][1]["locked"] and meta["toy-cell-8"][1]["locked"]   # the chapter's own code
+    text = json.dumps(nb)
+    assert "exercise-start" not in text and "solution-start" not in text and "References" in text
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(ids) == len(set(ids)) and nb["nbformat_minor"] == 5
+    nbgrader_format = pytest.importorskip("nbgrader.nbgraderformat")
+    import nbformat
+    nbgrader_format.MetadataValidator().validate_nb(nbformat.reads(json.dumps(nb), as_version=4))
+
+
+def test_otter_master_notebook_of_the_toy(monkeypatch):
+    import ast
+
+    nb = A.otter_notebook(_toy_with_hidden(monkeypatch), "toy.ipynb")
+    raws = [c["source"].splitlines()[0] for c in nb["cells"] if c["cell_type"] == "raw"]
+    assert raws == ["# ASSIGNMENT CONFIG",
+                    "# BEGIN QUESTION", "# BEGIN SOLUTION", "# END SOLUTION", "# BEGIN TESTS", "# END TESTS",
+                    "# END QUESTION",
+                    "# BEGIN QUESTION", "# BEGIN SOLUTION", "# END SOLUTION", "# END QUESTION"]
+    questions = [c["source"] for c in nb["cells"] if c["source"].startswith("# BEGIN QUESTION")]
+    assert "name: toy-square\npoints: 2\nall_or_nothing: true" in questions[0]
+    assert "name: toy-derive\nmanual: true" in questions[1]
+    code = [c["source"] for c in nb["cells"] if c["cell_type"] == "code"]
+    sol = next(s for s in code if "def square" in s)
+    assert "    # BEGIN SOLUTION\n" in sol and "###" not in sol
+    tests = [s for s in code if "(env)" in s]
+    assert len(tests) == 2 and "hidden: true" in tests[1] and "hidden" not in tests[0]
+    for t in tests:   # otter's exception-based format: one function definition after the optional config
+        body = ast.parse(t.split('""" # END TEST CONFIG\n')[-1]).body
+        assert len(body) == 1 and isinstance(body[0], ast.FunctionDef)
+    env = {"square": lambda v: v * v}
+    exec(tests[0], env)
+    env["test_graded_check"](env)   # the public test runs the graded check in the notebook's namespace
+
+
+@pytest.mark.parametrize("chapter", BOOK, ids=lambda p: p.stem)
+def test_every_chapter_exports_for_nbgrader_and_otter_without_touching_the_book(chapter, tmp_path):
+    before = chapter.read_bytes()
+    A.write_nbgrader_course(tmp_path / "course", [chapter])
+    A.write_otter_assignments(tmp_path / "otter", [chapter])
+    assert chapter.read_bytes() == before
+    src = json.loads((tmp_path / "course" / "source" / chapter.stem / chapter.name).read_text())
+    master = json.loads((tmp_path / "otter" / chapter.stem / chapter.name).read_text())
+    assert (tmp_path / "course" / "nbgrader_config.py").exists()
+    assert (tmp_path / "otter" / chapter.stem / "requirements.txt").exists()
+    for ex in A.find_exercises(chapter):
+        checks = [c for c in src["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == f"{ex.label}-check"]
+        if ex.solution_cells:
+            assert len(checks) == 1 and checks[0]["source"].count(H.BEGIN_HIDDEN) == 1
+            assert sum(f"'<hidden test {ex.label}>'" in c["source"] for c in master["cells"]) == 1
+        qs = [c for c in master["cells"] if c["source"].startswith(f"# BEGIN QUESTION\nname: {ex.label}\n")]
+        assert len(qs) == 1
+
+
+def test_differs_tells_a_recomputed_result_from_a_typed_in_one():
+    import torch
+
+    assert not H.differs({"a": (1.0, torch.tensor([2.0, 3.0]))}, {"a": (1.0, torch.tensor([2.0, 3.0]))})
+    assert H.differs({"a": (1.0, torch.tensor([2.0, 3.5]))}, {"a": (1.0, torch.tensor([2.0, 3.0]))})
+    assert H.differs([1.0, 2.0], [1.0]) and not H.differs([float("nan")], [float("nan")])
+
+
+def test_rerun_and_isolation_in_an_ipython_shell():
+    """:func:`rerun` finds the student's cell in the shell's history and runs it again on fresh inputs in a copy of
+    the namespace; :func:`run` leaves the notebook's random state as it was."""
+    import torch
+
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        for src in ("import torch\ngen = torch.Generator().manual_seed(0)\nbase = torch.ones(3)",
+                    "x = base + torch.randn(3, generator=gen)\ny = x.sum().item()   # the student's cell",
+                    "z = 1"):
+            assert shell.run_cell(src, store_history=True).success
+        ns = shell.user_ns
+        y, gen_state, torch_state = ns["y"], ns["gen"].get_state(), torch.get_rng_state()
+        check = ("import vaebook.hidden_tests as ht\n"
+                 "def t():\n"
+                 "    global again\n"
+                 "    again = ht.rerun(r'^y\\s*=', base=torch.zeros(3), gen=torch.Generator().manual_seed(1))\n"
+                 "    torch.randn(5); gen.manual_seed(99)\n"
+                 "ht.run(t)")
+        assert shell.run_cell(check, store_history=True).success
+        again = ns["again"]
+        assert again["y"] != y and ns["y"] == y and ns["base"].sum() == 3    # the notebook's names are untouched
+        assert torch.equal(ns["gen"].get_state(), gen_state) and torch.equal(torch.get_rng_state(), torch_state)
+        r = shell.run_cell("ht.rerun(r'^nothing\\s*=')")
+        assert isinstance(r.error_in_exec, AssertionError)
+    finally:
+        InteractiveShell.clear_instance()

@@ -1,29 +1,54 @@
-"""Course assignments: student editions of the chapters and an autograder.
+"""Course assignments: every chapter as an nbgrader and an otter-grader assignment, student editions, a grader.
 
-Conventions (the same as nbgrader's where they overlap, so that an instructor who knows nbgrader reads them at once):
+Conventions in the chapters (nbgrader's where they overlap, so that an instructor who knows nbgrader reads them at
+once):
 
 * An exercise is a gated sphinx-exercise block, ``{exercise-start}`` with a ``:label:`` ... ``{exercise-end}``, followed
   by its solution, ``{solution-start} LABEL`` ... ``{solution-end}``.
 * Inside the solution, a code cell tagged ``graded`` is a **graded check** (``metadata.points``, default 1): it passes
-  on the reference solution and fails on the stub. It is kept in the student edition.
-* Every other code cell inside a solution is **solution code**. In the student edition the lines between
-  ``### BEGIN SOLUTION`` and ``### END SOLUTION`` are replaced by ``raise NotImplementedError(...)`` (nbgrader's markers);
-  a solution cell without markers is replaced by a stub as a whole. Solution prose is removed.
+  on the reference solution and fails on the stub.
+* Every other code cell inside a solution is **solution code**; the lines a student writes sit between
+  ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (nbgrader's markers). Solution prose is the rest of the solution.
+* Every code exercise has a **hidden test** in :mod:`vaebook.hidden_tests` (keyed by the exercise's label): it
+  recomputes the answer from the student's own objects on fresh inputs, so that typed-in numbers fail. The chapters
+  in ``book/`` do not contain them and render and run as they are; the exports below add them.
 
 Commands::
 
-    python -m vaebook.assignments student --out student/ [book/ch01_vae.ipynb ...]   # all chapters by default
+    python -m vaebook.assignments nbgrader COURSE_DIR [chapters ...]   # an nbgrader course (JupyterHub)
+    python -m vaebook.assignments otter OUT_DIR [chapters ...]         # otter-grader master notebooks (Gradescope)
+    python -m vaebook.assignments student --out student/ [book/ch01_vae.ipynb ...]
     python -m vaebook.assignments grade student/ch01_vae.ipynb --reference book/ch01_vae.ipynb --json result.json
 
-Grading executes the notebook top to bottom in a fresh kernel with a time limit, never stops at a failing cell, takes
-the graded checks from the reference chapter when one is given (so that an edited check cannot pass), and reports a
-score per exercise and in total (text, and JSON with ``--json``).
+Chapters are paths or names (``ch03``, ``ch03_concrete``); the default is every chapter of the book.
 
-Why not nbgrader or otter-grader themselves: both need a Jupyter server stack and their own database/configuration
-(nbgrader) or a chapter layout with ``# BEGIN QUESTION`` raw cells (otter) that would change how every chapter renders
-in the book. The book's chapters are already structured by sphinx-exercise blocks; this module reads that structure
-directly, keeps nbgrader's solution markers and autograder idea (checks as cells that raise), and writes notebooks that
-plain Jupyter, Colab and nbclient run unchanged.
+* ``nbgrader`` writes ``COURSE_DIR/source/<chapter>/<chapter>.ipynb`` with nbgrader's cell metadata (solution cells,
+  autograder-test cells with points and the hidden test between ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN
+  TESTS``, read-only cells for the chapter's own code and the exercise statements, a 0-point manually graded
+  answer cell for each solution's prose) and a ``nbgrader_config.py`` (cell time limit). Then nbgrader's own
+  commands run as usual: ``generate_assignment``, ``validate``, ``release_assignment``, ``collect``, ``autograde``
+  (its SQLite gradebook), ``generate_feedback``, ``export``.
+* ``otter`` writes ``OUT_DIR/<chapter>/<chapter>.ipynb`` in otter-grader's master-notebook format (one question per
+  exercise, all or nothing; exception-based tests: the graded check is public, the hidden test hidden) and the
+  ``requirements.txt`` of the Gradescope image. Then ``otter assign`` writes the student notebook and the
+  autograder zip, and ``otter run`` grades a submission locally.
+
+What the home-made part still does, and why (neither nbgrader nor otter-grader does it):
+
+* ``student`` writes **student editions**: plain notebooks, without nbgrader metadata or otter's client cells, that
+  a reader working through the book alone (Jupyter, Colab) opens with nothing else installed and no course set up.
+* ``grade`` grades **one notebook with no course**: no course directory or gradebook (nbgrader), no autograder zip
+  built first (otter); it takes the visible checks straight from the book's chapter, so a self-taught reader or a
+  CI job can score a student edition in one command. It is also the only grader here that restarts a stalled
+  kernel (see ``_StallWatch``) instead of waiting out the cell time limit. It has no hidden tests: a course grades
+  with nbgrader or otter.
+* :func:`score_executed` scores a notebook that **was already executed**, without executing it again: the test suite
+  scores each chapter's reference from the run it makes anyway (``tests/_chapter_runs.py``). Both tools always
+  execute the notebook themselves.
+
+Grading with ``grade`` executes the notebook top to bottom in a fresh kernel with a time limit, never stops at a
+failing cell, takes the graded checks from the reference chapter when one is given (so that an edited check cannot
+pass), and reports a score per exercise and in total (text, and JSON with ``--json``).
 """
 from __future__ import annotations
 
@@ -40,7 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Exercise", "find_exercises", "student_edition", "write_student_editions", "grade", "score_executed",
-           "main"]
+           "book_chapters", "nbgrader_notebook", "otter_notebook", "write_nbgrader_course",
+           "write_otter_assignments", "main"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _EX_START = re.compile(r"```\{exercise-start\}[^\n]*\n(?::[^\n]*\n)*?:label:\s*(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
@@ -411,6 +437,326 @@ def score_executed(nb, name: str = "") -> dict:
     return _score(name, find_exercises(nb), status, 0.0, 0)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Exports for the instructor's own tools: nbgrader (JupyterHub) and otter-grader (Gradescope)
+# ---------------------------------------------------------------------------------------------------------------
+
+NBGRADER_CONFIG = '''\
+# nbgrader configuration of a course written by `python -m vaebook.assignments nbgrader` (edit freely; the
+# command does not overwrite this file). Run nbgrader's commands from this folder.
+c = get_config()
+c.CourseDirectory.course_id = "vaebook"
+# The chapters train small models on a CPU: allow each cell up to 15 minutes (nbgrader's default is 30 seconds).
+c.Execute.timeout = 900
+'''
+
+OTTER_REQUIREMENTS = '''\
+# What the Gradescope autograder image installs besides otter-grader (CPU build of PyTorch, then the book's library)
+--extra-index-url https://download.pytorch.org/whl/cpu
+torch
+vaebook @ git+https://github.com/vaebook/vaebook@main
+'''
+
+
+def book_chapters() -> list[Path]:
+    """The chapters of the book in the order of ``_toc.yml`` (every ``book/*.ipynb`` if there is no toc)."""
+    toc = ROOT / "_toc.yml"
+    if toc.exists():
+        names = re.findall(r"^\s*-\s*file:\s*(\S+)\s*$", toc.read_text(), re.M)
+        paths = [ROOT / f"{n}.ipynb" for n in names]
+        paths = [p for p in paths if p.exists()]
+        if paths:
+            return paths
+    return sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _resolve_chapters(args) -> list[Path]:
+    """Chapter arguments: paths, or names/prefixes of the book's chapters (``ch03``, ``ch03_concrete``)."""
+    if not args:
+        return book_chapters()
+    out = []
+    for a in args:
+        p = Path(a)
+        if p.suffix == ".ipynb" and p.exists():
+            out.append(p)
+            continue
+        hits = [c for c in book_chapters() if c.stem == a] or [c for c in book_chapters() if c.stem.startswith(a)]
+        if len(hits) != 1:
+            raise ValueError(f"{a!r} names no chapter of the book (or several): {[c.stem for c in hits]}")
+        out.append(hits[0])
+    return out
+
+
+def _split_markdown(text: str, state: tuple) -> tuple[list[tuple[str, str | None, str]], tuple]:
+    """Split a markdown cell at the exercise and solution fences: ``[(kind, label, text)]`` with kind ``text``,
+    ``statement`` (an exercise's statement) or ``answer`` (solution prose), and the state after the cell."""
+    events = sorted([(m.start(), m.end(), "statement", m.group(1)) for m in _EX_START.finditer(text)]
+                    + [(m.start(), m.end(), "text", None) for m in _EX_END.finditer(text)]
+                    + [(m.start(), m.end(), "answer", m.group(1)) for m in _SOL_START.finditer(text)]
+                    + [(m.start(), m.end(), "text", None) for m in _SOL_END.finditer(text)])
+    parts, pos = [], 0
+    for start, end, kind, label in events:
+        parts.append((*state, text[pos:start]))
+        state, pos = (kind, label), end
+    parts.append((*state, text[pos:]))
+    merged: list[tuple[str, str | None, str]] = []
+    for kind, label, body in parts:
+        if not body.strip():
+            continue
+        if merged and merged[-1][:2] == (kind, label):
+            merged[-1] = (kind, label, merged[-1][2].rstrip() + "\n\n" + body.strip())
+        else:
+            merged.append((kind, label, body.strip()))
+    return merged, state
+
+
+@dataclass
+class _Part:
+    kind: str            # text | statement | answer | code | solution | check
+    source: str
+    label: str | None = None
+    points: float = 0.0
+    metadata: dict = field(default_factory=dict)
+    index: int = -1      # the cell's index in the chapter
+
+
+def _course_parts(nb: dict) -> tuple[list[_Part], list[Exercise]]:
+    """The chapter as a sequence of parts for the course exports (markdown split at the exercise fences)."""
+    exercises = find_exercises(nb)
+    role = {}
+    for ex in exercises:
+        role.update({i: ("solution", ex.label, 0.0) for i in ex.solution_cells})
+        role.update({i: ("check", ex.label, p) for i, p in zip(ex.graded_cells, ex.points)})
+    parts, state = [], ("text", None)
+    for i, cell in enumerate(nb["cells"]):
+        meta = {k: v for k, v in cell.get("metadata", {}).items() if k not in ("exercise", "points", "nbgrader")}
+        if cell["cell_type"] == "markdown":
+            segments, state = _split_markdown(_src(cell), state)
+            for kind, label, body in segments:
+                if kind == "statement":
+                    body = f"**Exercise `{label}`.** {body}"
+                parts.append(_Part(kind, body, label, 0.0, meta if kind == "text" else {}, i))
+        elif cell["cell_type"] == "code":
+            kind, label, points = role.get(i, ("code", None, 0.0))
+            parts.append(_Part(kind, _src(cell), label, points, meta, i))
+        else:
+            parts.append(_Part("raw", _src(cell), None, 0.0, meta, i))
+    return parts, exercises
+
+
+def _check_hidden(exercises) -> None:
+    from .hidden_tests import HIDDEN
+
+    missing = [ex.label for ex in exercises if ex.solution_cells and ex.label not in HIDDEN]
+    if missing:
+        raise ValueError(f"no hidden test for the code exercise(s) {missing}: add them to vaebook.hidden_tests.HIDDEN")
+
+
+def _cell(kind: str, source: str, metadata: dict, cell_id: str) -> dict:
+    cell = {"cell_type": kind, "id": re.sub(r"[^A-Za-z0-9_-]", "-", cell_id)[:64], "metadata": metadata,
+            "source": source}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+def _notebook(nb: dict, cells: list[dict]) -> dict:
+    meta = {k: v for k, v in nb.get("metadata", {}).items() if k in ("kernelspec", "language_info")}
+    meta.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    return {"cells": cells, "metadata": meta, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _nbgrader_meta(grade_id: str, *, grade=False, solution=False, locked=False, points=0.0) -> dict:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution,
+            "task": False}
+    if grade:
+        meta["points"] = points
+    return meta
+
+
+def nbgrader_notebook(nb, name: str = "") -> dict:
+    """The chapter as an nbgrader *source* notebook (the instructor's version, with solutions and hidden tests).
+
+    * solution code cells are nbgrader "autograded answer" cells; nbgrader's ``generate_assignment`` replaces the
+      lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (already in the chapter) by a stub;
+    * graded checks are "autograder tests" cells, locked, worth their ``metadata.points``, with the exercise's
+      hidden test (:mod:`vaebook.hidden_tests`) between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
+    * solution prose becomes a "manually graded answer" cell worth 0 points (students write their derivation
+      there; raise the points in nbgrader's toolbar to grade it by hand);
+    * every other code cell and each exercise statement is read-only (locked): nbgrader restores them from the
+      source when it autogrades, so that the checks always see the chapter's own set-up.
+    """
+    from .hidden_tests import hidden_code
+
+    nb = _load(nb)
+    stem = Path(name).stem or "chapter"
+    parts, exercises = _course_parts(nb)
+    _check_hidden(exercises)
+    last_check = {ex.label: ex.graded_cells[-1] for ex in exercises if ex.graded_cells}
+    cells, counts = [], {}
+
+    def gid(label, what):
+        counts[(label, what)] = counts.get((label, what), 0) + 1
+        k = counts[(label, what)]
+        return f"{label}-{what}" + (f"-{k}" if k > 1 else "")
+
+    for k, part in enumerate(parts):
+        meta = copy.deepcopy(part.metadata)
+        if part.kind == "text":
+            cells.append(_cell("markdown", part.source, meta, f"md-{k}"))
+        elif part.kind == "raw":
+            cells.append(_cell("raw", part.source, meta, f"raw-{k}"))
+        elif part.kind == "statement":
+            g = gid(part.label, "statement")
+            cells.append(_cell("markdown", part.source, {"nbgrader": _nbgrader_meta(g, locked=True)}, g))
+        elif part.kind == "answer":
+            g = gid(part.label, "answer")
+            meta = {"nbgrader": _nbgrader_meta(g, grade=True, solution=True, points=0.0)}
+            cells.append(_cell("markdown", part.source, meta, g))
+        elif part.kind == "solution":
+            g = gid(part.label, "solution")
+            meta["nbgrader"] = _nbgrader_meta(g, solution=True)
+            cells.append(_cell("code", part.source, meta, g))
+        elif part.kind == "check":
+            g = gid(part.label, "check")
+            source = part.source.rstrip("\n") + "\n"
+            if part.index == last_check[part.label] and any(e.label == part.label and e.solution_cells
+                                                           for e in exercises):
+                from .hidden_tests import BEGIN_HIDDEN, END_HIDDEN
+                source += f"\n{BEGIN_HIDDEN}\n{hidden_code(part.label)}{END_HIDDEN}\n"
+            meta["nbgrader"] = _nbgrader_meta(g, grade=True, locked=True, points=part.points)
+            cells.append(_cell("code", source, meta, g))
+        else:  # the chapter's own code: read-only
+            g = f"{stem}-cell-{part.index}"
+            meta["nbgrader"] = _nbgrader_meta(g, locked=True)
+            cells.append(_cell("code", part.source, meta, g))
+    header = _cell("markdown", (
+        f"*Assignment generated from the book's chapter `{name or stem}` by `python -m vaebook.assignments "
+        "nbgrader`. Replace each `raise NotImplementedError()` with your code and each \"YOUR ANSWER HERE\" with "
+        "your derivation; the read-only cells set up what the graded checks use.*"), {}, "vaebook-header")
+    return _notebook(nb, [header] + cells)
+
+
+def _otter_solution_code(code: str) -> str:
+    """otter-grader's solution markers are ``# BEGIN SOLUTION`` / ``# END SOLUTION`` (the book uses ``###``)."""
+    return re.sub(r"^(\s*)###\s*(BEGIN|END) SOLUTION\s*$", r"\1# \2 SOLUTION", code, flags=re.M)
+
+
+def _otter_test(source: str, label: str, hidden: bool) -> str:
+    what = "hidden test" if hidden else "graded check"
+    head = '""" # BEGIN TEST CONFIG\nhidden: true\n""" # END TEST CONFIG\n' if hidden else ""
+    name = "test_hidden" if hidden else "test_graded_check"
+    return (f"{head}def {name}(env):\n"
+            f"    # the chapter's {what} of {label}, run in the notebook's namespace\n"
+            f"    exec(compile({source!r}, {f'<{what} {label}>'!r}, 'exec'), env)\n")
+
+
+def otter_notebook(nb, name: str = "") -> dict:
+    """The chapter as an otter-grader master notebook (``otter assign`` format, exception-based tests).
+
+    Each exercise is a question named by its label: the statement is the prompt, solution prose and code form
+    the solution block (code between ``# BEGIN SOLUTION`` / ``# END SOLUTION``), and the tests block holds the
+    graded check (public) and the hidden test (:mod:`vaebook.hidden_tests`), both run in the notebook's namespace.
+    A question is worth the points of its graded checks, all or nothing. Exercises without code are manually
+    graded questions worth 0 points.
+    """
+    from .hidden_tests import hidden_code
+
+    nb = _load(nb)
+    stem = Path(name).stem or "chapter"
+    parts, exercises = _course_parts(nb)
+    _check_hidden(exercises)
+    by_label = {ex.label: ex for ex in exercises}
+    config = (f"# ASSIGNMENT CONFIG\nname: {stem}\nrequirements: requirements.txt\nrun_tests: false\n"
+              "init_cell: true\ncheck_all_cell: false\nexport_cell:\n  pdf: false\n  run_tests: false\n"
+              "generate:\n  pdf: false\n  filtering: false\ntests:\n  ok_format: false\n  files: false\n")
+    cells = [_cell("raw", config, {}, "assignment-config"),
+             _cell("markdown", f"*Assignment generated from the book's chapter `{name or stem}` by `python -m "
+                               "vaebook.assignments otter`.*", {}, "vaebook-header")]
+    raw = lambda src, cid: cells.append(_cell("raw", src, {}, cid))
+    k = 0
+    while k < len(parts):
+        part = parts[k]
+        if part.kind not in ("statement", "answer", "solution", "check"):
+            if part.kind == "text":
+                cells.append(_cell("markdown", part.source, copy.deepcopy(part.metadata), f"md-{k}"))
+            elif part.kind == "raw":
+                cells.append(_cell("raw", part.source, copy.deepcopy(part.metadata), f"raw-{k}"))
+            else:
+                cells.append(_cell("code", part.source, copy.deepcopy(part.metadata), f"code-{k}"))
+            k += 1
+            continue
+        label = part.label
+        group = []
+        while k < len(parts) and parts[k].label == label and parts[k].kind in ("statement", "answer", "solution",
+                                                                                 "check"):
+            group.append(parts[k])
+            k += 1
+        ex = by_label[label]
+        code_ex = bool(ex.solution_cells)
+        qconf = (f"# BEGIN QUESTION\nname: {label}\npoints: {ex.max_points:g}\nall_or_nothing: true\n" if code_ex
+                 else f"# BEGIN QUESTION\nname: {label}\nmanual: true\npoints: 0\n")
+        raw(qconf, f"{label}-begin-question")
+        for p in group:
+            if p.kind == "statement":
+                cells.append(_cell("markdown", p.source, {}, f"{label}-statement"))
+        sol = [p for p in group if p.kind in ("answer", "solution")]
+        if sol:
+            raw("# BEGIN SOLUTION", f"{label}-begin-solution")
+            for j, p in enumerate(sol):
+                if p.kind == "answer":
+                    cells.append(_cell("markdown", p.source, {}, f"{label}-answer-{j}"))
+                else:
+                    cells.append(_cell("code", _otter_solution_code(p.source), copy.deepcopy(p.metadata),
+                                       f"{label}-solution-{j}"))
+            raw("# END SOLUTION", f"{label}-end-solution")
+        checks = [p for p in group if p.kind == "check"]
+        if checks:
+            raw("# BEGIN TESTS", f"{label}-begin-tests")
+            for j, p in enumerate(checks):
+                cells.append(_cell("code", _otter_test(p.source, label, hidden=False), {}, f"{label}-test-{j}"))
+            if code_ex:
+                cells.append(_cell("code", _otter_test(hidden_code(label), label, hidden=True), {},
+                                   f"{label}-hidden-test"))
+            raw("# END TESTS", f"{label}-end-tests")
+        raw("# END QUESTION", f"{label}-end-question")
+    return _notebook(nb, cells)
+
+
+def _write_json(path: Path, nb: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_nbgrader_course(course_dir, chapters=None) -> list[Path]:
+    """Write ``course_dir/source/<chapter>/<chapter>.ipynb`` (nbgrader source notebooks) for each chapter
+    (default: every chapter of the book), and ``course_dir/nbgrader_config.py`` if there is none."""
+    course = Path(course_dir)
+    course.mkdir(parents=True, exist_ok=True)
+    cfg = course / "nbgrader_config.py"
+    if not cfg.exists():
+        cfg.write_text(NBGRADER_CONFIG)
+    written = []
+    for path in _resolve_chapters(chapters):
+        target = course / "source" / path.stem / path.name
+        _write_json(target, nbgrader_notebook(path, path.name))
+        written.append(target)
+    return written
+
+
+def write_otter_assignments(out_dir, chapters=None) -> list[Path]:
+    """Write ``out_dir/<chapter>/<chapter>.ipynb`` (otter-grader master notebooks) and a ``requirements.txt``
+    for Gradescope's autograder image beside each, for each chapter (default: every chapter of the book)."""
+    out = Path(out_dir)
+    written = []
+    for path in _resolve_chapters(chapters):
+        target = out / path.stem / path.name
+        _write_json(target, otter_notebook(path, path.name))
+        (target.parent / "requirements.txt").write_text(OTTER_REQUIREMENTS)
+        written.append(target)
+    return written
+
+
 def _print_result(r: dict) -> None:
     print(f"{r['notebook']}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)")
     for ex in r["exercises"]:
@@ -439,9 +785,20 @@ def main(argv=None) -> int:
     g.add_argument("--stall-timeout", type=float, default=120.0,
                    help="a kernel idle (no CPU) this long during a cell is restarted and the notebook rerun (0: off)")
     g.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    n = sub.add_parser("nbgrader", help="write an nbgrader course: COURSE_DIR/source/<chapter>/<chapter>.ipynb")
+    n.add_argument("course_dir")
+    n.add_argument("chapters", nargs="*", help="chapters (paths or names such as ch03; default: every chapter)")
+    o = sub.add_parser("otter", help="write otter-grader master notebooks: OUT_DIR/<chapter>/<chapter>.ipynb")
+    o.add_argument("out_dir")
+    o.add_argument("chapters", nargs="*", help="chapters (paths or names such as ch03; default: every chapter)")
     args = p.parse_args(argv)
     if args.cmd == "student":
         for path in write_student_editions(args.out, args.chapters):
+            print(path)
+        return 0
+    if args.cmd in ("nbgrader", "otter"):
+        write = write_nbgrader_course if args.cmd == "nbgrader" else write_otter_assignments
+        for path in write(args.course_dir if args.cmd == "nbgrader" else args.out_dir, args.chapters):
             print(path)
         return 0
     result = grade(args.notebook, reference=args.reference, timeout=args.timeout, cell_timeout=args.cell_timeout,
