@@ -5,7 +5,7 @@ collector per file, so that ``--dist loadfile`` keeps them together on one worke
 
 ``book/chNN.ipynb::runs``
     The first execution, in a fresh ``python3`` kernel in ``book/`` through the hardened client
-    (:mod:`vaebook.nbexec`), with the network forbidden (:data:`_nbrun.NETWORK_GUARD`), 300 s per cell. Any error,
+    (:mod:`vaebook.tooling.nbexec`), with the network forbidden (:data:`_nbrun.NETWORK_GUARD`), 300 s per cell. Any error,
     including a chapter's own ``assert``, fails this item with the cell and its traceback. This is the check nbval
     used to make (``--nbval-lax``); nbval is still installed, and ``pytest --nbval-lax book/`` runs it instead of
     this plugin.
@@ -13,7 +13,7 @@ collector per file, so that ``--dist loadfile`` keeps them together on one worke
     The second execution, compared with the first after masking wall-clock timings only (see
     ``tests/_nbrun.py``). Skipped when the first execution failed (that failure is already reported).
 ``book/chNN.ipynb::reference earns full marks``
-    The chapter's graded checks, scored by :func:`vaebook.assignments.score_executed` on the first execution: the
+    The chapter's graded checks, scored by :func:`vaebook.tooling.assignments.score_executed` on the first execution: the
     reference solution must earn every point. (The student edition is graded in ``tests/test_assignments.py``.)
 
 So a test run executes each chapter twice; the browser test (``tests/test_site.py``) opens the book build, reusing
@@ -108,7 +108,7 @@ class SecondRun(_ChapterItem):
 
 class ReferenceGrade(_ChapterItem):
     def runtest(self):
-        from vaebook import assignments
+        from vaebook.tooling import assignments
 
         result = assignments.score_executed(self._first())
         if not (result["max_total"] > 0 and result["total"] == result["max_total"]):

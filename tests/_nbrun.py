@@ -102,7 +102,7 @@ def execute(path_or_nb, cwd: Path = BOOK, timeout: int = CELL_TIMEOUT):
     Returns the executed notebook *without* the guard cell, so cell indices are those of the file. Raises
     ``nbclient.exceptions.CellExecutionError`` if a cell fails (including the guard refusing a connection).
     """
-    from vaebook.nbexec import HardenedNotebookClient as NotebookClient  # no lost wake-ups (see vaebook.nbexec)
+    from vaebook.tooling.nbexec import HardenedNotebookClient as NotebookClient  # no lost wake-ups
 
     nb = nbformat.read(path_or_nb, as_version=4) if isinstance(path_or_nb, (str, Path)) else path_or_nb
     run = guarded(nb)

@@ -1,11 +1,11 @@
-"""Student editions and the autograder (vaebook.assignments)."""
+"""Student editions and the autograder (vaebook.tooling.assignments)."""
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from vaebook import assignments as A
+from vaebook.tooling import assignments as A
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -316,7 +316,7 @@ def test_rerun_and_isolation_in_an_ipython_shell():
             assert shell.run_cell(src, store_history=True).success
         ns = shell.user_ns
         y, gen_state, torch_state = ns["y"], ns["gen"].get_state(), torch.get_rng_state()
-        check = ("import vaebook.hidden_tests as ht\n"
+        check = ("import vaebook.tooling.hidden_tests as ht\n"
                  "def t():\n"
                  "    global again\n"
                  "    again = ht.rerun(r'^y\\s*=', base=torch.zeros(3), gen=torch.Generator().manual_seed(1))\n"

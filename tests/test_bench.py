@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from vaebook import bench
+from vaebook.tooling import bench
 
 
 def test_quick_benchmark_rows_and_memory_ordering():

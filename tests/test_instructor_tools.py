@@ -11,7 +11,7 @@
 The four submissions of each chapter: the reference solutions (full marks); the untouched release (zero for every
 code exercise); one plausible wrong answer (loses exactly that exercise's points); and hard-coded outputs, typed in
 from the reference run, that pass every *visible* graded check and fail the hidden tests (zero, and the failure
-is raised inside the hidden test, :mod:`vaebook.hidden_tests`). The chapters are the cheapest to execute; every
+is raised inside the hidden test, :mod:`vaebook.tooling.hidden_tests`). The chapters are the cheapest to execute; every
 nbgrader and otter command runs in a temporary folder with a time limit.
 """
 import csv
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from vaebook import assignments as A
+from vaebook.tooling import assignments as A
 
 pytestmark = pytest.mark.book
 

@@ -1,4 +1,4 @@
-"""vaebook.nbexec: waiting for kernel messages in slices, so that a lost wake-up costs half a second, not a timeout.
+"""vaebook.tooling.nbexec: waiting for kernel messages in slices, so that a lost wake-up costs half a second, not a timeout.
 
 The lost wake-up itself is rare and timing-dependent (one widget cell in a few hundred), so the unit tests simulate
 it with a channel whose long waits never see the message (exactly what was observed: the message is only found by
@@ -14,7 +14,7 @@ from queue import Empty
 import nbformat
 import pytest
 
-from vaebook import nbexec
+from vaebook.tooling import nbexec
 
 
 class LostWakeupChannel:

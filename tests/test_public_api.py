@@ -43,14 +43,21 @@ PROPERTY_FILES = (HERE / "test_properties.py", HERE / "test_gradcheck.py")
 
 #: whole modules left out of the enumeration, with the reason
 EXCLUDED_MODULES = {
-    "vaebook.assignments": "course tooling (student editions and grading of the notebooks), not numerics; it reads "
-                           "and writes notebooks and is tested end to end by tests/test_assignments.py",
-    "vaebook.nbexec": "notebook-execution plumbing (a workaround for lost wake-ups in nbclient's message channels), "
-                      "not numerics; tested with simulated channels and real kernels by tests/test_nbexec.py",
-    "vaebook.bench": "a benchmark harness (`python -m vaebook.bench`: run / format_table / main, the fresh-process "
-                     "RSS measurement matched_reference_rss) whose outputs are timings and memory; smoke-tested by "
-                     "tests/test_bench.py, where the roofline arithmetic (roofline, roofline_estimates) is checked "
-                     "against numbers computed by hand",
+    "vaebook.tooling": "the book's machinery, not what it teaches (its modules are listed below); the package "
+                       "itself has no public callables",
+    "vaebook.tooling.assignments": "course tooling (nbgrader/otter exports, student editions, grading), not "
+                                   "numerics; it reads and writes notebooks and is tested end to end by "
+                                   "tests/test_assignments.py and tests/test_instructor_tools.py",
+    "vaebook.tooling.hidden_tests": "the hidden tests of the chapters' exercises (code that runs inside graded "
+                                    "notebooks); every code exercise has one and each is run by "
+                                    "tests/test_assignments.py and tests/test_instructor_tools.py",
+    "vaebook.tooling.nbexec": "notebook-execution plumbing (a workaround for lost wake-ups in nbclient's message "
+                              "channels), not numerics; tested with simulated channels and real kernels by "
+                              "tests/test_nbexec.py",
+    "vaebook.tooling.bench": "a benchmark harness (`python -m vaebook.bench`: run / format_table / main, the "
+                             "fresh-process RSS measurement matched_reference_rss) whose outputs are timings and "
+                             "memory; smoke-tested by tests/test_bench.py, where the roofline arithmetic (roofline, "
+                             "roofline_estimates) is checked against numbers computed by hand",
 }
 
 _CHECKPOINT_TRAINING = ("a chapter's checkpoint recipe: a full MNIST training run with evaluation, written to disk "
@@ -94,7 +101,8 @@ EXEMPT = {
 def _modules() -> list[types.ModuleType]:
     mods = [vaebook]
     for info in pkgutil.walk_packages(vaebook.__path__, "vaebook."):
-        if any(part.startswith("_") for part in info.name.split(".")[1:]) or info.name in EXCLUDED_MODULES:
+        if (any(part.startswith("_") for part in info.name.split(".")[1:]) or info.name in EXCLUDED_MODULES
+                or any(info.name.startswith(m + ".") for m in EXCLUDED_MODULES)):
             continue
         mods.append(importlib.import_module(info.name))
     return mods
@@ -383,3 +391,19 @@ def test_enumeration_sanity():
 @pytest.mark.parametrize("name", sorted(EXEMPT))
 def test_exempt_entries_are_public(name):
     assert name in public_api(), name
+
+
+def test_the_tooling_keeps_its_old_names():
+    """vaebook.assignments, .bench and .nbexec are the modules of vaebook.tooling under their old names."""
+    import subprocess
+    import sys
+
+    from vaebook import tooling  # noqa: F401
+    from vaebook.tooling import assignments, bench, nbexec
+
+    for name, module in (("assignments", assignments), ("bench", bench), ("nbexec", nbexec)):
+        assert importlib.import_module(f"vaebook.{name}") is module
+    assert not hasattr(importlib.import_module("vaebook"), "hidden_tests")
+    out = subprocess.run([sys.executable, "-m", "vaebook.assignments", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "nbgrader" in out.stdout, out.stderr

@@ -11,13 +11,16 @@ search and index pages) the tests check what a reader would notice:
 * every image is loaded (``naturalWidth > 0``), and every chapter shows figures;
 * every internal link and cross-reference resolves (the target page exists, and so does its ``#anchor``); no
   unresolved reference (``???``) is shown;
-* no JavaScript error, no request to another host (the site works offline; the two decorative badges at the top
-  of each chapter, which Colab and GitHub show too, are the only exception and fall back to their alt text);
+* no JavaScript error, no request to another host (the site works offline, the badges at the top of each chapter
+  included: they are served from the site's own static files);
+* at a 1280 x 900 window, no code cell, library excerpt or printed output scrolls horizontally (its scroll width is
+  at most its client width), and the header has one search field;
 * the search page finds chapters; each chapter's Colab links point to a notebook that exists in the repository
   at the configured path and branch;
 * the status page lists every chapter with a measured run time within the budget.
 
-``VAEBOOK_SITE=<_build/html>`` checks an existing build instead of building. Screenshots of a few pages go to
+``VAEBOOK_SITE=<_build/html>`` checks an existing build instead of building. Screenshots of a few pages, and of one
+library excerpt (``show_source``) per chapter, go to
 ``$VAEBOOK_ARTIFACTS/screenshots`` (default ``_build/artifacts``); CI keeps
 them. Without Chromium or Playwright the browser tests are skipped, unless ``VAEBOOK_REQUIRE_BROWSER=1`` (set by
 ``.ci/run``), in which case they fail.
@@ -47,11 +50,10 @@ REQUIRE_BROWSER = os.environ.get("VAEBOOK_REQUIRE_BROWSER", "") == "1"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
-# The two badges at the top of each chapter are the only things a page loads from elsewhere. They are decorative
-# (alt text "Open in Colab", "View on GitHub"), and they must stay absolute URLs, because the same cell is shown
-# by Colab and GitHub. Offline, they fall back to their alt text; everything else must come from the site.
-EXTERNAL_BADGES = ("https://colab.research.google.com/assets/colab-badge.svg",
-                   "https://img.shields.io/badge/view%20on-GitHub-black?logo=github")
+# The two badges at the top of each chapter: absolute URLs in the notebooks (Colab and GitHub show the same cell),
+# served from the site's own _static/badges on the site (book/_ext/offline_assets.py), so they load offline too.
+REMOTE_BADGES = ("https://colab.research.google.com/assets/colab-badge.svg",
+                 "https://img.shields.io/badge/view%20on-GitHub-black?logo=github")
 SCREENSHOTS = ["book/intro", "book/ch01_vae", "book/ch02_mixtures", "book/status", "search"]
 
 
@@ -232,7 +234,7 @@ class Visit:
         self.failed: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         # "Failed to load resource" console errors are reported per request below (failed local requests, and
-        # external requests, which are all blocked); the blocked badges produce two such lines on every chapter.
+        # external requests, which are all blocked and recorded).
         self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}")
                      if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
         self.page.on("requestfailed", lambda r: self.failed.append(f"{r.url} ({r.failure})")
@@ -242,8 +244,7 @@ class Visit:
             if r.request.url.startswith(base) or r.request.url.startswith("data:"):
                 r.continue_()
             else:
-                if r.request.url not in EXTERNAL_BADGES:
-                    self.external.append(r.request.url)
+                self.external.append(r.request.url)
                 r.abort()
 
         self.context.route("**/*", route)
@@ -269,6 +270,15 @@ def visits(browser, server):
         if page in SCREENSHOTS:
             (ARTIFACTS / "screenshots").mkdir(parents=True, exist_ok=True)
             v.page.screenshot(path=str(ARTIFACTS / "screenshots" / f"{page.replace('/', '_')}.png"), full_page=False)
+        if page in CHAPTERS:  # one library excerpt (the output of the first show_source cell) per chapter
+            excerpt = v.page.evaluate_handle("""() => {
+                const cell = Array.from(document.querySelectorAll('div.cell'))
+                    .find(c => (c.querySelector('.cell_input') || {textContent: ''}).textContent
+                        .includes('show_source('));
+                return cell ? cell.querySelector('.cell_output') : null; }""").as_element()
+            if excerpt is not None:
+                (ARTIFACTS / "excerpts").mkdir(parents=True, exist_ok=True)
+                excerpt.screenshot(path=str(ARTIFACTS / "excerpts" / f"{page.replace('/', '_')}.png"))
         out[page] = v
     yield out
     for v in out.values():
@@ -311,6 +321,17 @@ PAGE_PROBE = r"""async () => {
         brokenXrefs: Array.from(main.querySelectorAll('span.xref, span.std-ref')).filter(s => !s.closest('a'))
             .map(s => s.textContent.slice(0, 60)),
         colab: Array.from(document.querySelectorAll('a[href*="colab.research.google.com"]')).map(a => a.href),
+        badges: imgs.filter(i => /badge/i.test(i.src)).map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0})),
+        // code cells, their outputs (library excerpts are printed outputs) and tables: scrolled horizontally?
+        overflow: Array.from(main.querySelectorAll('div.cell_input pre, div.cell_output pre, div.cell_output table, '
+                                                   + 'div.highlight pre, table'))
+            .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+            .map(e => ({where: e.closest('.cell_output') ? 'output' : 'code',
+                        over: e.scrollWidth - e.clientWidth,
+                        text: (e.textContent.split('\n').reduce((a, b) => a.length >= b.length ? a : b, ''))
+                            .slice(0, 120)})),
+        searchFields: Array.from(document.querySelectorAll('.search-button-field, .search-button'))
+            .filter(e => e.offsetParent !== null).length,
     };
 }"""
 
@@ -322,13 +343,30 @@ def test_page_renders_math_images_and_runs_without_errors(visits, page):
     assert not info["untypeset"], f"{page}: math not typeset by MathJax: {info['untypeset'][:3]}"
     assert not info["merrors"], f"{page}: MathJax errors: {info['merrors'][:3]}"
     assert not info["tex"], f"{page}: raw TeX in the text: {info['tex']}"
-    bad = [i["src"] for i in info["images"] if not i["ok"] and i["src"] not in EXTERNAL_BADGES]
+    bad = [i["src"] for i in info["images"] if not i["ok"]]
     assert not bad, f"{page}: images not loaded: {bad[:5]}"
     assert not v.errors, f"{page}: JavaScript errors: {v.errors[:5]}"
     assert not v.failed, f"{page}: requests that failed: {v.failed[:5]}"
     assert not v.external, f"{page}: requests to other hosts (the site must work offline): {v.external[:5]}"
     assert not info["unresolved"], f"{page}: unresolved numbered references: {info['unresolved']}"
     assert not info["brokenXrefs"], f"{page}: cross-references without a target: {info['brokenXrefs'][:5]}"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_code_and_outputs_fit_the_column(visits, page):
+    """At 1280 x 900 no code cell, library excerpt or printed output needs horizontal scrolling."""
+    over = visits[page].info["overflow"]
+    assert not over, f"{page}: {len(over)} element(s) scroll horizontally, e.g. " + "; ".join(
+        f"{o['where']} {o['over']} px too wide: {o['text']!r}" for o in over[:4])
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_badges_load_from_the_site_and_one_search_field(visits, server, page):
+    info = visits[page].info
+    assert len(info["badges"]) >= 2, f"{page}: badges not found: {info['badges']}"
+    for b in info["badges"]:
+        assert b["ok"] and b["src"].startswith(server), f"{page}: badge not served by the site: {b}"
+    assert info["searchFields"] == 1, f"{page}: {info['searchFields']} visible search fields"
 
 
 @pytest.mark.parametrize("page", CHAPTERS)

@@ -1,7 +1,7 @@
 """reliable_execution: MyST-NB executes the chapters without nbclient's lost-wake-up stalls.
 
 Loaded from ``_config.yml`` (``sphinx: local_extensions``). MyST-NB creates its own ``nbclient.NotebookClient``s
-(through jupyter-cache), so the remedy of :mod:`vaebook.nbexec` is applied to the class itself: every kernel client
+(through jupyter-cache), so the remedy of :mod:`vaebook.tooling.nbexec` is applied to the class itself: every kernel client
 created during the build waits for messages in half-second slices. Without it, a chapter with a widget cell now and
 then waited a whole cell timeout (300 s) for a reply that had already arrived -- a build measured ch07 at 330 s
 instead of 30 s -- and the status page showed that stall as the chapter's run time.
@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def setup(app: Sphinx) -> dict:
-    from vaebook.nbexec import DEFAULT_INTERVAL, patch_nbclient
+    from vaebook.tooling.nbexec import DEFAULT_INTERVAL, patch_nbclient
 
     if patch_nbclient():
         logger.info(f"[reliable_execution] nbclient kernel clients poll in {DEFAULT_INTERVAL} s slices")

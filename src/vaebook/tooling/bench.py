@@ -83,7 +83,7 @@ def _keops_direction(x, s, h):
 
 
 def _methods(op, device):
-    from . import kernels, svgd
+    from vaebook import kernels, svgd
 
     triton_ok = device.type == "cuda" and kernels.triton_available()
     if op == "svgd":
@@ -225,7 +225,7 @@ def run(quick: bool = False, device: str | None = None, dense_max: int = 5000, m
         repeats: int = 3, seed: int = 0) -> list[dict]:
     """Run every benchmark; return one row per (op, size, method): ``{"op", "size", "method", "device",
     "ms", "peak_mib", "note"}`` (``ms``/``peak_mib`` are ``None`` for a skipped method, with the reason in ``note``)."""
-    from .svgd import peak_memory
+    from vaebook.svgd import peak_memory
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g = torch.Generator().manual_seed(seed)

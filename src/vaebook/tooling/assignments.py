@@ -9,7 +9,7 @@ once):
   on the reference solution and fails on the stub.
 * Every other code cell inside a solution is **solution code**; the lines a student writes sit between
   ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (nbgrader's markers). Solution prose is the rest of the solution.
-* Every code exercise has a **hidden test** in :mod:`vaebook.hidden_tests` (keyed by the exercise's label): it
+* Every code exercise has a **hidden test** in :mod:`vaebook.tooling.hidden_tests` (keyed by the exercise's label): it
   recomputes the answer from the student's own objects on fresh inputs, so that typed-in numbers fail. The chapters
   in ``book/`` do not contain them and render and run as they are; the exports below add them.
 
@@ -73,7 +73,7 @@ _EX_START = re.compile(r"```\{exercise-start\}[^\n]*\n(?::[^\n]*\n)*?:label:\s*(
 _EX_END = re.compile(r"```\{exercise-end\}[^\n]*\n```[ \t]*\n?")
 _SOL_START = re.compile(r"```\{solution-start\}\s+(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
 _SOL_END = re.compile(r"```\{solution-end\}[^\n]*\n```[ \t]*\n?")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -262,7 +262,7 @@ class _StallWatch(threading.Thread):
     """Kills the kernel when a cell has been running for ``stall_timeout`` s while the kernel used no CPU.
 
     Why: we saw a cell "run" until its timeout with both the client and the kernel idle. The cause we found and
-    reproduced (one ``interact`` cell in 300, see :mod:`vaebook.nbexec`) is a lost wake-up in nbclient's asyncio
+    reproduced (one ``interact`` cell in 300, see :mod:`vaebook.tooling.nbexec`) is a lost wake-up in nbclient's asyncio
     channel: the reply had arrived and sat unread until the poll's timeout; the grader's client is now hardened
     against it. This watch stays as the second line of defence against a kernel that is really stuck (a wedged
     kernel, a deadlock in a student's code that does not spin): waiting for the cell timeout would cost up to
@@ -303,7 +303,7 @@ def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: s
     """Run every code cell of ``nb`` in a fresh kernel. Returns ({cell index: (passed, error)}, seconds, stalled)."""
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-    from .nbexec import HardenedNotebookClient as NotebookClient  # no lost wake-ups (see vaebook.nbexec)
+    from vaebook.tooling.nbexec import HardenedNotebookClient as NotebookClient  # no lost wake-ups
 
     for c in nb.cells:
         if c.cell_type == "code":
@@ -545,11 +545,11 @@ def _course_parts(nb: dict) -> tuple[list[_Part], list[Exercise]]:
 
 
 def _check_hidden(exercises) -> None:
-    from .hidden_tests import HIDDEN
+    from vaebook.tooling.hidden_tests import HIDDEN
 
     missing = [ex.label for ex in exercises if ex.solution_cells and ex.label not in HIDDEN]
     if missing:
-        raise ValueError(f"no hidden test for the code exercise(s) {missing}: add them to vaebook.hidden_tests.HIDDEN")
+        raise ValueError(f"no hidden test for the code exercise(s) {missing}: add them to vaebook.tooling.hidden_tests.HIDDEN")
 
 
 def _cell(kind: str, source: str, metadata: dict, cell_id: str) -> dict:
@@ -580,13 +580,13 @@ def nbgrader_notebook(nb, name: str = "") -> dict:
     * solution code cells are nbgrader "autograded answer" cells; nbgrader's ``generate_assignment`` replaces the
       lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (already in the chapter) by a stub;
     * graded checks are "autograder tests" cells, locked, worth their ``metadata.points``, with the exercise's
-      hidden test (:mod:`vaebook.hidden_tests`) between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
+      hidden test (:mod:`vaebook.tooling.hidden_tests`) between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
     * solution prose becomes a "manually graded answer" cell worth 0 points (students write their derivation
       there; raise the points in nbgrader's toolbar to grade it by hand);
     * every other code cell and each exercise statement is read-only (locked): nbgrader restores them from the
       source when it autogrades, so that the checks always see the chapter's own set-up.
     """
-    from .hidden_tests import hidden_code
+    from vaebook.tooling.hidden_tests import hidden_code
 
     nb = _load(nb)
     stem = Path(name).stem or "chapter"
@@ -622,7 +622,7 @@ def nbgrader_notebook(nb, name: str = "") -> dict:
             source = part.source.rstrip("\n") + "\n"
             if part.index == last_check[part.label] and any(e.label == part.label and e.solution_cells
                                                            for e in exercises):
-                from .hidden_tests import BEGIN_HIDDEN, END_HIDDEN
+                from vaebook.tooling.hidden_tests import BEGIN_HIDDEN, END_HIDDEN
                 source += f"\n{BEGIN_HIDDEN}\n{hidden_code(part.label)}{END_HIDDEN}\n"
             meta["nbgrader"] = _nbgrader_meta(g, grade=True, locked=True, points=part.points)
             cells.append(_cell("code", source, meta, g))
@@ -656,11 +656,11 @@ def otter_notebook(nb, name: str = "") -> dict:
 
     Each exercise is a question named by its label: the statement is the prompt, solution prose and code form
     the solution block (code between ``# BEGIN SOLUTION`` / ``# END SOLUTION``), and the tests block holds the
-    graded check (public) and the hidden test (:mod:`vaebook.hidden_tests`), both run in the notebook's namespace.
+    graded check (public) and the hidden test (:mod:`vaebook.tooling.hidden_tests`), both run in the notebook's namespace.
     A question is worth the points of its graded checks, all or nothing. Exercises without code are manually
     graded questions worth 0 points.
     """
-    from .hidden_tests import hidden_code
+    from vaebook.tooling.hidden_tests import hidden_code
 
     nb = _load(nb)
     stem = Path(name).stem or "chapter"

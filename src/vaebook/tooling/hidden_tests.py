@@ -1,4 +1,4 @@
-"""Hidden tests of the chapters' code exercises, for the nbgrader and otter-grader exports (``vaebook.assignments``).
+"""Hidden tests of the chapters' code exercises, for the nbgrader and otter-grader exports (``vaebook.tooling.assignments``).
 
 A chapter's *graded check* (its code cell tagged ``graded``) tests the student's answer on the chapter's own inputs,
 and its printed output is on the book's pages. A student can therefore pass it with typed-in numbers: a function
@@ -566,10 +566,10 @@ def hidden_code(label: str) -> str:
     the notebook's namespace and run with the random state isolated. Raises ``KeyError`` for an unknown label."""
     body = textwrap.dedent(HIDDEN[label]).strip("\n")
     name = _function_name(label)
-    return (f"# Hidden test of {label} (vaebook.hidden_tests): the answer is recomputed on fresh inputs.\n"
+    return (f"# Hidden test of {label} (vaebook.tooling.hidden_tests): the answer is recomputed on fresh inputs.\n"
             f"def {name}():\n"
             "    import math\n"
             "    import torch\n"
-            "    import vaebook.hidden_tests as ht\n"
+            "    import vaebook.tooling.hidden_tests as ht\n"
             + textwrap.indent(body, "    ") + "\n"
-            f"__import__('vaebook.hidden_tests').hidden_tests.run({name})\n")
+            f"__import__('vaebook.tooling.hidden_tests').tooling.hidden_tests.run({name})\n")
