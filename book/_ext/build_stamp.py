@@ -12,6 +12,7 @@ Loaded from ``_config.yml`` (``sphinx: local_extensions``). When a build finishe
 ``tests/test_site.py`` opens ``_build/html`` instead of building again only when the stamp says: the same
 fingerprint as the sources now, every notebook executed (``force``), strict, and no warning.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,17 +31,27 @@ def fingerprint(root) -> str:
     digest = hashlib.sha256()
     for name in SOURCES:
         top = root / name
-        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else []
+        files = (
+            [top]
+            if top.is_file()
+            else sorted(p for p in top.rglob("*") if p.is_file())
+            if top.is_dir()
+            else []
+        )
         for path in files:
             rel = path.relative_to(root)
             if SKIP_PARTS.intersection(rel.parts) or path.suffix == ".pyc":
                 continue
-            digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+            digest.update(
+                rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0"
+            )
     return digest.hexdigest()
 
 
 def _start(app) -> None:
-    app._vaebook_fingerprint = fingerprint(app.srcdir)  # the sources as they were when the build started
+    app._vaebook_fingerprint = fingerprint(
+        app.srcdir
+    )  # the sources as they were when the build started
 
 
 def _write(app, exception) -> None:
@@ -50,8 +61,11 @@ def _write(app, exception) -> None:
         "fingerprint": app._vaebook_fingerprint,
         "execution_mode": app.config.nb_execution_mode,
         "warnings": int(getattr(app, "_warncount", -1)),
-        # -W: Sphinx 7.3+ with --keep-going keeps warningiserror False and sets keep_going (only given with -W)
-        "strict": bool(app.warningiserror or getattr(app, "keep_going", False)),
+        # -W: Sphinx 7.3+ with --keep-going keeps warningiserror
+        # False and sets keep_going (only given with -W)
+        "strict": bool(
+            app.warningiserror or getattr(app, "keep_going", False)
+        ),
         "nitpicky": bool(app.config.nitpicky),
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -60,5 +74,11 @@ def _write(app, exception) -> None:
 
 def setup(app) -> dict:
     app.connect("builder-inited", _start)
-    app.connect("build-finished", _write, priority=900)  # after the other extensions' handlers
-    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+    app.connect(
+        "build-finished", _write, priority=900
+    )  # after the other extensions' handlers
+    return {
+        "version": "1.0",
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }

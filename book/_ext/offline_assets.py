@@ -28,6 +28,7 @@ The vendored files live in ``book/_ext/static``, not in a ``_static/`` folder of
 Book 1.x adds every ``*.js``/``*.css`` found under ``_static/`` to *every* page.
 See build_pitfalls.md, section 3.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,47 +49,75 @@ EXECUTE_MODES = ("off", "force", "cache", "auto")
 
 def _mathjax_es5() -> Path:
     """The ``es5/`` tree (MathJax 3 build) inside the installed ``mathjax`` package."""
-    import mathjax  # django-static-mathjax; imported lazily so a missing package gives a clear error
+    # django-static-mathjax; imported lazily so a missing package gives a
+    # clear error
+    import mathjax
 
-    return Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
+    return (
+        Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
+    )
 
 
 def _on_config_inited(app: Sphinx, config: Config) -> None:
-    # Extra static folder, copied into <outdir>/_static (html_static_path is relative to confdir,
+    # Extra static folder, copied into <outdir>/_static (html_static_path
+    # is relative to confdir,
     # an absolute path avoids any doubt about where Jupyter Book puts confdir).
     if str(STATIC_DIR) not in config.html_static_path:
         config.html_static_path.append(str(STATIC_DIR))
-    # Paths relative to _static are resolved by Sphinx's js-file machinery on every page depth.
+    # Paths relative to _static are resolved by Sphinx's js-file
+    # machinery on every page depth.
     config.mathjax_path = f"{MATHJAX_TARGET}/tex-mml-chtml.js"
     config.nb_ipywidgets_js = {
-        # First: a require.js path to the manager's fonts, and MathJax 2's Hub.Queue (which MathJax 3 lacks).
+        # First: a require.js path to the manager's fonts, and
+        # MathJax 2's Hub.Queue (which MathJax 3 lacks).
         "widget_support.js": {},
         "vendor/require.js": {},
-        # The attribute tells the manager where to fetch *third-party* widget modules; the core
-        # controls and the Output widget are bundled, so nothing is fetched for them.
-        "vendor/html-manager/embed-amd.js": {"data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/"},
+        # The attribute tells the manager where to fetch
+        # *third-party* widget modules; the core
+        # controls and the Output widget are bundled, so nothing is
+        # fetched for them.
+        "vendor/html-manager/embed-amd.js": {
+            "data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/"
+        },
     }
-    # An empty default_mode makes pydata-sphinx-theme log a console error on every page.
-    # (pydata-sphinx-theme reads it from html_context, not from the theme options.)
+    # An empty default_mode makes pydata-sphinx-theme log a console error
+    # on every page.
+    # (pydata-sphinx-theme reads it from html_context, not from the theme
+    # options.)
     if not (config.html_context or {}).get("default_mode"):
-        config.html_context = {**(config.html_context or {}), "default_mode": "light"}
+        config.html_context = {
+            **(config.html_context or {}),
+            "default_mode": "light",
+        }
     # Execution mode override from the environment.
     mode = os.environ.get("VAEBOOK_BOOK_EXECUTE", "").strip().lower()
     if mode:
         if mode not in EXECUTE_MODES:
-            raise ConfigError(f"VAEBOOK_BOOK_EXECUTE must be one of {EXECUTE_MODES}, got {mode!r}")
+            raise ConfigError(
+                f"VAEBOOK_BOOK_EXECUTE must be one of {EXECUTE_MODES}, got "
+                f"{mode!r}"
+            )
         config.nb_execution_mode = mode
-        logger.info(f"[offline_assets] nb_execution_mode={mode!r} (from $VAEBOOK_BOOK_EXECUTE)")
+        logger.info(
+            f"[offline_assets] nb_execution_mode={mode!r} (from "
+            "$VAEBOOK_BOOK_EXECUTE)"
+        )
 
 
-def _drop_duplicate_inline_scripts(app: Sphinx, pagename, templatename, context, doctree) -> None:
+def _drop_duplicate_inline_scripts(
+    app: Sphinx, pagename, templatename, context, doctree
+) -> None:
     """Keep the first of identical inline scripts (sphinx-thebe's ``const`` declarations appear twice)."""
     scripts = context.get("script_files")
     if not scripts:
         return
     seen, kept = set(), []
     for js in scripts:
-        body = getattr(js, "attributes", {}).get("body") if not isinstance(js, str) else None
+        body = (
+            getattr(js, "attributes", {}).get("body")
+            if not isinstance(js, str)
+            else None
+        )
         if body:
             if body in seen:
                 continue
@@ -97,7 +126,8 @@ def _drop_duplicate_inline_scripts(app: Sphinx, pagename, templatename, context,
     scripts[:] = kept
 
 
-# The chapters' badges are absolute URLs in the notebooks (Colab and GitHub show the same cell); on this site they
+# The chapters' badges are absolute URLs in the notebooks (Colab and GitHub
+# show the same cell); on this site they
 # are served from its own static files, so that they show offline.
 BADGES = {
     "https://colab.research.google.com/assets/colab-badge.svg": "_static/badges/colab-badge.svg",
@@ -105,7 +135,9 @@ BADGES = {
 }
 
 
-def _local_badges(app: Sphinx, pagename, templatename, context, doctree) -> None:
+def _local_badges(
+    app: Sphinx, pagename, templatename, context, doctree
+) -> None:
     """Point the badge images of a page at the site's own copies (``book/_ext/static/badges``)."""
     body = context.get("body")
     if not body or "pathto" not in context:
@@ -113,7 +145,9 @@ def _local_badges(app: Sphinx, pagename, templatename, context, doctree) -> None
     for remote, local in BADGES.items():
         for quoted in (remote, remote.replace("&", "&amp;")):
             if f'src="{quoted}"' in body:
-                body = body.replace(f'src="{quoted}"', f'src="{context["pathto"](local, 1)}"')
+                body = body.replace(
+                    f'src="{quoted}"', f'src="{context["pathto"](local, 1)}"'
+                )
     context["body"] = body
 
 
@@ -128,10 +162,21 @@ def _on_build_finished(app: Sphinx, exception: Exception | None) -> None:
 
 
 def setup(app: Sphinx) -> dict:
-    # Priority 900: after Jupyter Book and MyST-NB have set their defaults (500).
+    # Priority 900: after Jupyter Book and MyST-NB have set their
+    # defaults (500).
     app.connect("config-inited", _on_config_inited, priority=900)
-    app.connect("html-page-context", _drop_duplicate_inline_scripts, priority=900)
+    app.connect(
+        "html-page-context", _drop_duplicate_inline_scripts, priority=900
+    )
     app.connect("html-page-context", _local_badges, priority=900)
-    app.add_css_file("vaebook.css")  # book/_ext/static/vaebook.css: printed outputs wrap at the column's edge
+    app.add_css_file(
+        "vaebook.css"
+        # book/_ext/static/vaebook.css: printed outputs wrap at the column's
+        # edge
+    )
     app.connect("build-finished", _on_build_finished)
-    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+    return {
+        "version": "1.0",
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }

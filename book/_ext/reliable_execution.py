@@ -6,6 +6,7 @@ created during the build waits for messages in half-second slices. Without it, a
 then waited a whole cell timeout (300 s) for a reply that had already arrived -- a build measured ch07 at 330 s
 instead of 30 s -- and the status page showed that stall as the chapter's run time.
 """
+
 from __future__ import annotations
 
 from sphinx.application import Sphinx
@@ -18,5 +19,12 @@ def setup(app: Sphinx) -> dict:
     from vaebook.tooling.nbexec import DEFAULT_INTERVAL, patch_nbclient
 
     if patch_nbclient():
-        logger.info(f"[reliable_execution] nbclient kernel clients poll in {DEFAULT_INTERVAL} s slices")
-    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+        logger.info(
+            "[reliable_execution] nbclient kernel clients poll in "
+            f"{DEFAULT_INTERVAL} s slices"
+        )
+    return {
+        "version": "1.0",
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }

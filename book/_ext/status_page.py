@@ -16,6 +16,7 @@ It reuses MyST-NB's record of each execution (``NbMetadataCollector``: ``runtime
 the same data as MyST-NB's ``{nb-exec-table}``, and its trick for keeping the table current in incremental builds
 (the page is re-read whenever a notebook was executed again).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,7 +51,11 @@ def _update(app: Sphinx, env):
 
     if not NbMetadataCollector.new_exec_data(env):
         return None
-    return [d for d, data in NbMetadataCollector.get_doc_data(env).items() if data.get(KEY)]
+    return [
+        d
+        for d, data in NbMetadataCollector.get_doc_data(env).items()
+        if data.get(KEY)
+    ]
 
 
 def _para(*children) -> nodes.paragraph:
@@ -79,10 +84,20 @@ def chapter_rows(env) -> list[dict]:
         if not ex:
             continue
         number = env.toc_secnumbers.get(docname, {}).get("")
-        title = env.titles[docname].astext() if docname in env.titles else docname
-        rows.append({"docname": docname, "number": ".".join(map(str, number)) if number else "",
-                     "title": title, "runtime": ex.get("runtime"), "succeeded": bool(ex.get("succeeded")),
-                     "mtime": ex.get("mtime"), "method": ex.get("method")})
+        title = (
+            env.titles[docname].astext() if docname in env.titles else docname
+        )
+        rows.append(
+            {
+                "docname": docname,
+                "number": ".".join(map(str, number)) if number else "",
+                "title": title,
+                "runtime": ex.get("runtime"),
+                "succeeded": bool(ex.get("succeeded")),
+                "mtime": ex.get("mtime"),
+                "method": ex.get("method"),
+            }
+        )
     rows.sort(key=lambda r: (order.get(r["docname"], 10**6), r["docname"]))
     return rows
 
@@ -104,7 +119,9 @@ def _toc_order(env) -> list[str]:
 
 
 class StatusPostTransform(SphinxPostTransform):
-    default_priority = 8  # before the reference resolvers, so the pending_xrefs below get resolved
+    # before the reference resolvers, so the pending_xrefs below get
+    # resolved
+    default_priority = 8
 
     def run(self, **kwargs) -> None:
         for node in list(self.document.findall(status_node)):
@@ -112,19 +129,31 @@ class StatusPostTransform(SphinxPostTransform):
 
     def build(self, parent: str) -> list[nodes.Node]:
         cfg = self.env.config
-        target, limit, total_limit = (cfg.vaebook_budget_target_s, cfg.vaebook_budget_limit_s,
-                                      cfg.vaebook_budget_book_s)
+        target, limit, total_limit = (
+            cfg.vaebook_budget_target_s,
+            cfg.vaebook_budget_limit_s,
+            cfg.vaebook_budget_book_s,
+        )
         rows = chapter_rows(self.env)
         if not rows:
             note = nodes.note()
-            note += _para("The chapters were not executed in this build (execution mode "
-                          f"{cfg.nb_execution_mode!r}), so there are no run times to show. The published book is "
-                          "built with every chapter executed (", nodes.literal(text="jupyter-book build --all ."),
-                          ").")
+            note += _para(
+                "The chapters were not executed in this build (execution mode "
+                f"{cfg.nb_execution_mode!r}), so there are no run times to "
+                "show. The published book is "
+                "built with every chapter executed (",
+                nodes.literal(text="jupyter-book build --all ."),
+                ").",
+            )
             return [note]
         table = nodes.table(classes=["colwidths-auto", "vaebook-status"])
-        headers = ["Chapter", "Run time (s)", f"Within {target:g} s target", f"Within {limit:g} s limit",
-                   "Executed"]
+        headers = [
+            "Chapter",
+            "Run time (s)",
+            f"Within {target:g} s target",
+            f"Within {limit:g} s limit",
+            "Executed",
+        ]
         tgroup = nodes.tgroup(cols=len(headers))
         table += tgroup
         for _ in headers:
@@ -138,27 +167,57 @@ class StatusPostTransform(SphinxPostTransform):
         for r in rows:
             from sphinx.addnodes import pending_xref
 
-            xref = pending_xref(refdoc=parent, reftarget="/" + r["docname"], reftype="doc", refdomain="std",
-                                refexplicit=True, refwarn=True, classes=["xref", "doc"])
-            label = f"{r['number']}. {r['title']}" if r["number"] else r["title"]
+            xref = pending_xref(
+                refdoc=parent,
+                reftarget="/" + r["docname"],
+                reftype="doc",
+                refdomain="std",
+                refexplicit=True,
+                refwarn=True,
+                classes=["xref", "doc"],
+            )
+            label = (
+                f"{r['number']}. {r['title']}" if r["number"] else r["title"]
+            )
             xref += nodes.inline(text=label)
             rt = r["runtime"]
             total += rt or 0.0
             if not r["succeeded"]:
                 within_t = within_l = "✗ failed"
             else:
-                within_t = "✓ yes" if rt is not None and rt <= target else "✗ no"
-                within_l = "✓ yes" if rt is not None and rt <= limit else "✗ no"
-            when = (datetime.fromtimestamp(r["mtime"], tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-                    if r["mtime"] else "")
-            tbody += _row([_para(xref), "–" if rt is None else f"{rt:.1f}", within_t, within_l, when])
+                within_t = (
+                    "✓ yes" if rt is not None and rt <= target else "✗ no"
+                )
+                within_l = (
+                    "✓ yes" if rt is not None and rt <= limit else "✗ no"
+                )
+            when = (
+                datetime.fromtimestamp(r["mtime"], tz=timezone.utc).strftime(
+                    "%Y-%m-%d %H:%M UTC"
+                )
+                if r["mtime"]
+                else ""
+            )
+            tbody += _row(
+                [
+                    _para(xref),
+                    "–" if rt is None else f"{rt:.1f}",
+                    within_t,
+                    within_l,
+                    when,
+                ]
+            )
         threads = os.environ.get("VAEBOOK_THREADS", "all")
         summary = _para(
             f"All {len(rows)} executed pages together: {total:.0f} s "
-            f"({'within' if total <= total_limit else 'OVER'} the book's budget of {total_limit / 60:g} minutes). "
-            f"Measured by MyST-NB while building these pages on {platform.system()} {platform.machine()} with "
-            f"{os.cpu_count()} CPU cores, torch intra-op threads per kernel: {threads}, Python "
-            f"{platform.python_version()}.")
+            f"({'within' if total <= total_limit else 'OVER'} the book's "
+            f"budget of {total_limit / 60:g} minutes). "
+            "Measured by MyST-NB while building these pages on "
+            f"{platform.system()} {platform.machine()} with "
+            f"{os.cpu_count()} CPU cores, torch intra-op threads per kernel: "
+            f"{threads}, Python "
+            f"{platform.python_version()}."
+        )
         return [table, summary]
 
 
@@ -170,4 +229,8 @@ def setup(app: Sphinx) -> dict:
     app.add_directive("vaebook-status", StatusDirective)
     app.add_post_transform(StatusPostTransform)
     app.connect("env-updated", _update)
-    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+    return {
+        "version": "1.0",
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }

@@ -16,17 +16,30 @@ Modules match the book's chapters:
 
 The machinery that executes, benchmarks and grades the book is apart, in :mod:`vaebook.tooling`.
 """
+
 from __future__ import annotations
 
 from . import data, divergences, metrics, models, train, utils
 from .utils import get_device, set_seed
 
 __version__ = "0.1.0"
-__all__ = ["data", "divergences", "metrics", "models", "train", "utils", "get_device", "set_seed", "__version__"]
+__all__ = [
+    "data",
+    "divergences",
+    "metrics",
+    "models",
+    "train",
+    "utils",
+    "get_device",
+    "set_seed",
+    "__version__",
+]
 
-# --------------------------------------------------------------------------------------------------------------
-# The tooling that builds, executes, benchmarks and grades the book lives in vaebook.tooling; the old names
-# (vaebook.assignments, vaebook.bench, vaebook.nbexec, and `python -m` on them) stay importable as aliases of the
+# -----------------------------------------------------------------------------
+# The tooling that builds, executes, benchmarks and grades the book lives in
+# vaebook.tooling; the old names
+# (vaebook.assignments, vaebook.bench, vaebook.nbexec, and `python -m` on
+# them) stay importable as aliases of the
 # same module objects.
 import importlib.abc as _abc
 import importlib.machinery as _machinery
@@ -41,7 +54,9 @@ class _ToolingAlias(_machinery.SourceFileLoader):
     def create_module(self, spec):
         import importlib
 
-        return importlib.import_module(f"{__name__}.tooling.{spec.name.rsplit('.', 1)[1]}")
+        return importlib.import_module(
+            f"{__name__}.tooling.{spec.name.rsplit('.', 1)[1]}"
+        )
 
     def exec_module(self, module):
         pass  # already executed under its own name
@@ -56,7 +71,9 @@ class _ToolingFinder(_abc.MetaPathFinder):
         from pathlib import Path
 
         file = str(Path(__file__).resolve().parent / "tooling" / f"{name}.py")
-        return importlib.util.spec_from_file_location(fullname, file, loader=_ToolingAlias(fullname, file))
+        return importlib.util.spec_from_file_location(
+            fullname, file, loader=_ToolingAlias(fullname, file)
+        )
 
 
 if not any(isinstance(f, _ToolingFinder) for f in _sys.meta_path):

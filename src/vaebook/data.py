@@ -13,6 +13,7 @@
 
 Every random function takes its own ``torch.Generator`` and never touches the global RNG state.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,9 +58,9 @@ class DataError(ValueError):
     """
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # MNIST: file names, official checksums, mirrors
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 #: base file names (without ``.gz``) of the images and labels of each split
 MNIST_FILES = {
@@ -75,7 +76,8 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 
-#: mirrors tried in order (the ones torchvision uses); every file is MD5-checked before it is kept
+# : mirrors tried in order (the ones torchvision uses); every file is
+# MD5-checked before it is kept
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://yann.lecun.com/exdb/mnist/",
@@ -86,13 +88,20 @@ _IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _DOWNLOAD_TIMEOUT_S = 15.0  # per socket operation
 _DOWNLOAD_DEADLINE_S = 300.0  # per file, in all
-_REPO_ROOT = Path(__file__).resolve().parents[2]  # src/vaebook/data.py -> repository root
+_REPO_ROOT = (
+    Path(__file__).resolve().parents[2]
+)  # src/vaebook/data.py -> repository root
 _SPLITS = ("train", "test")
 _BINARIZE_ALLOWED = "False (grey levels), True or 'static' (fixed Bernoulli sample, seed 0), 'threshold' (x > 0.5)"
 
 
 def _offline() -> bool:
-    return os.environ.get("VAEBOOK_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return os.environ.get("VAEBOOK_OFFLINE", "").strip().lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+    }
 
 
 def _search_dirs(root) -> list[Path]:
@@ -121,14 +130,17 @@ def _download_dirs(root) -> list[Path]:
     env = os.environ.get("VAEBOOK_DATA")
     if env:
         dirs.append(Path(env).expanduser() / "mnist")
-    # in a clone: the repository's data/ folder; when installed from a wheel (e.g. on Colab): ./data/mnist
+    # in a clone: the repository's data/ folder; when installed from a
+    # wheel (e.g. on Colab): ./data/mnist
     dirs += _repo_dirs() or [Path.cwd() / "data" / "mnist"]
     return dirs
 
 
 def _repo_dirs() -> list[Path]:
     """``<repo>/data/mnist`` when the package runs from a clone (editable install), else nothing."""
-    if (_REPO_ROOT / "pyproject.toml").is_file() and (_REPO_ROOT / "src" / "vaebook").is_dir():
+    if (_REPO_ROOT / "pyproject.toml").is_file() and (
+        _REPO_ROOT / "src" / "vaebook"
+    ).is_dir():
         return [_REPO_ROOT / "data" / "mnist"]
     return []
 
@@ -152,8 +164,11 @@ def _find_split(split: str, root) -> tuple[Path, Path] | None:
 
 def _urlopen(url: str, timeout: float):
     """Open ``url`` (kept separate so that tests can replace the network)."""
-    req = urllib.request.Request(url, headers={"User-Agent": "vaebook (MNIST download)"})
-    return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - fixed https/http mirrors
+    req = urllib.request.Request(
+        url, headers={"User-Agent": "vaebook (MNIST download)"}
+    )
+    # noqa: S310 - fixed https/http mirrors
+    return urllib.request.urlopen(req, timeout=timeout)
 
 
 def _writable_dir(d: Path) -> bool:
@@ -169,11 +184,16 @@ def _download_one(name: str, target: Path, errors: list[str]) -> bool:
     expected = MNIST_MD5[name]
     for mirror in MNIST_MIRRORS:
         url = mirror + name
-        fd, tmp = tempfile.mkstemp(prefix="." + name + ".", suffix=".part", dir=target)
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + name + ".", suffix=".part", dir=target
+        )
         try:
             md5 = hashlib.md5()
             start = time.monotonic()
-            with os.fdopen(fd, "wb") as f, _urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+            with (
+                os.fdopen(fd, "wb") as f,
+                _urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp,
+            ):
                 while True:
                     chunk = resp.read(1 << 16)
                     if not chunk:
@@ -181,13 +201,19 @@ def _download_one(name: str, target: Path, errors: list[str]) -> bool:
                     md5.update(chunk)
                     f.write(chunk)
                     if time.monotonic() - start > _DOWNLOAD_DEADLINE_S:
-                        raise TimeoutError(f"took more than {_DOWNLOAD_DEADLINE_S:.0f} s")
+                        raise TimeoutError(
+                            f"took more than {_DOWNLOAD_DEADLINE_S:.0f} s"
+                        )
             if md5.hexdigest() != expected:
-                errors.append(f"{url}: MD5 {md5.hexdigest()} != official {expected}")
+                errors.append(
+                    f"{url}: MD5 {md5.hexdigest()} != official {expected}"
+                )
                 continue
             os.replace(tmp, target / name)
             return True
-        except Exception as e:  # offline, DNS, HTTP error, timeout, ...: try the next mirror
+        except (
+            Exception
+        ) as e:  # offline, DNS, HTTP error, timeout, ...: try the next mirror
             errors.append(f"{url}: {type(e).__name__}: {e}")
         finally:
             if os.path.exists(tmp):
@@ -209,16 +235,27 @@ def _try_download(root) -> list[str]:
             target, created = d, not existed
             break
     if target is None:
-        return [f"no writable download directory among {[str(d) for d in _download_dirs(root)]}"]
-    missing = [n for n in MNIST_MD5 if _find_file(target, n[: -len(".gz")]) is None]
+        return [
+            "no writable download directory among "
+            f"{[str(d) for d in _download_dirs(root)]}"
+        ]
+    missing = [
+        n for n in MNIST_MD5 if _find_file(target, n[: -len(".gz")]) is None
+    ]
     if missing:
-        print(f"vaebook: downloading MNIST ({', '.join(missing)}) into {target} ...", file=sys.stderr)
+        print(
+            f"vaebook: downloading MNIST ({', '.join(missing)}) into {target} "
+            "...",
+            file=sys.stderr,
+        )
     for name in missing:
         if not _download_one(name, target, errors):
             break
     if errors and created:
         try:
-            target.rmdir()  # only if still empty: leave no empty folder behind after a failed download
+            # only if still empty: leave no empty folder behind
+            # after a failed download
+            target.rmdir()
         except OSError:
             pass
     return errors
@@ -228,58 +265,91 @@ def _missing_message(split: str, root, download_note: str) -> str:
     img_base, lab_base = MNIST_FILES[split]
     searched = "\n".join(f"  - {d}" for d in _search_dirs(root))
     return (
-        f"MNIST {split!r} files not found. Expected {img_base}[.gz] and {lab_base}[.gz] in one of:\n{searched}\n"
+        f"MNIST {split!r} files not found. Expected {img_base}[.gz] and "
+        f"{lab_base}[.gz] in one of:\n{searched}\n"
         f"{download_note}\n"
-        "Fix: download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror (e.g. "
-        f"{MNIST_MIRRORS[0]}) into one of those folders, or set the environment variable VAEBOOK_DATA to a folder "
+        "Fix: download the four IDX files (train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST "
+        "mirror (e.g. "
+        f"{MNIST_MIRRORS[0]}) into one of those folders, or set the "
+        "environment variable VAEBOOK_DATA to a folder "
         "whose 'mnist' subfolder holds them (or pass root=...)."
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # IDX parsing (cached per path, modification time and size)
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def _corrupt(path: str, problem: str) -> DataError:
     return DataError(
-        f"{path}: {problem}. The file is truncated or corrupted: delete it and download it again "
+        f"{path}: {problem}. The file is truncated or corrupted: delete it "
+        "and download it again "
         "(see vaebook.data.load_mnist)."
     )
 
 
 @functools.lru_cache(maxsize=16)
-def _read_idx_cached(path: str, mtime_ns: int, size: int, kind: str) -> torch.Tensor:
+def _read_idx_cached(
+    path: str, mtime_ns: int, size: int, kind: str
+) -> torch.Tensor:
     with open(path, "rb") as f:
         raw = f.read()
     if path.endswith(".gz"):
         try:
             data = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise _corrupt(path, f"not a valid gzip file ({type(e).__name__}: {e})") from e
+            raise _corrupt(
+                path, f"not a valid gzip file ({type(e).__name__}: {e})"
+            ) from e
     else:
         data = raw
-    expected_magic, ndim = (_IMAGES_MAGIC, 3) if kind == "images" else (_LABELS_MAGIC, 1)
+    expected_magic, ndim = (
+        (_IMAGES_MAGIC, 3) if kind == "images" else (_LABELS_MAGIC, 1)
+    )
     if len(data) < 4:
-        raise _corrupt(path, f"only {len(data)} bytes, too short for an IDX header")
+        raise _corrupt(
+            path, f"only {len(data)} bytes, too short for an IDX header"
+        )
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise _corrupt(path, f"IDX magic number {magic}, expected {expected_magic} for an MNIST {kind} file")
+        raise _corrupt(
+            path,
+            f"IDX magic number {magic}, expected {expected_magic} for an "
+            f"MNIST {kind} file",
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise _corrupt(path, f"only {len(data)} bytes, too short for the {header}-byte IDX header")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise _corrupt(
+            path,
+            f"only {len(data)} bytes, too short for the {header}-byte IDX "
+            "header",
+        )
+    dims = tuple(
+        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
     if dims[0] == 0:
-        raise _corrupt(path, f"its IDX header declares 0 {kind} (an MNIST {kind} file holds 10,000 or 60,000)")
+        raise _corrupt(
+            path,
+            f"its IDX header declares 0 {kind} (an MNIST {kind} file holds "
+            "10,000 or 60,000)",
+        )
     if kind == "images" and dims[1:] != (28, 28):
-        raise _corrupt(path, f"images of size {dims[1]}x{dims[2]}, expected 28x28")
+        raise _corrupt(
+            path, f"images of size {dims[1]}x{dims[2]}, expected 28x28"
+        )
     n_bytes = math.prod(dims)
     if len(data) - header != n_bytes:
         raise _corrupt(
-            path, f"holds {len(data) - header} data bytes but its header says {n_bytes} (dimensions {dims})"
+            path,
+            f"holds {len(data) - header} data bytes but its header says "
+            f"{n_bytes} (dimensions {dims})",
         )
-    t = torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header, count=n_bytes).reshape(dims)
+    t = torch.frombuffer(
+        bytearray(data), dtype=torch.uint8, offset=header, count=n_bytes
+    ).reshape(dims)
     if kind == "labels" and n_bytes and int(t.max()) > 9:
         raise _corrupt(path, f"label {int(t.max())} outside 0..9")
     return t
@@ -304,12 +374,19 @@ def _binarize_mode(binarize) -> str:
         return "threshold"
     hint = ""
     if binarize == "dynamic":
-        hint = (" Dynamic binarisation is drawn afresh for every minibatch: load grey levels (binarize=False) and "
-                "call vaebook.data.binarize_dynamic(x) on each batch.")
-    raise ValueError(f"binarize must be one of {_BINARIZE_ALLOWED}; got {binarize!r}.{hint}")
+        hint = (
+            " Dynamic binarisation is drawn afresh for every minibatch: load "
+            "grey levels (binarize=False) and "
+            "call vaebook.data.binarize_dynamic(x) on each batch."
+        )
+    raise ValueError(
+        f"binarize must be one of {_BINARIZE_ALLOWED}; got {binarize!r}.{hint}"
+    )
 
 
-def load_mnist(split: str = "train", root=None, binarize=False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_mnist(
+    split: str = "train", root=None, binarize=False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load an MNIST split as tensors (Chapter 1 and every image chapter).
 
     Returns ``(x, y)``: ``x`` float32 of shape ``(N, 1, 28, 28)`` with values in ``[0, 1]`` and ``y`` int64 of shape
@@ -358,8 +435,11 @@ def load_mnist(split: str = "train", root=None, binarize=False) -> tuple[torch.T
         else:
             errors = _try_download(root)
             found = _find_split(split, root)
-            note = ("Download from the official mirrors failed (set VAEBOOK_OFFLINE=1 to skip the attempt):\n"
-                    + "\n".join(f"  {e}" for e in errors))
+            note = (
+                "Download from the official mirrors failed (set "
+                "VAEBOOK_OFFLINE=1 to skip the attempt):\n"
+                + "\n".join(f"  {e}" for e in errors)
+            )
         if found is None:
             raise FileNotFoundError(_missing_message(split, root, note))
     img_path, lab_path = found
@@ -367,8 +447,10 @@ def load_mnist(split: str = "train", root=None, binarize=False) -> tuple[torch.T
     labels = _read_idx(lab_path, "labels")
     if images.shape[0] != labels.shape[0]:
         raise DataError(
-            f"{img_path} holds {images.shape[0]} images but {lab_path} holds {labels.shape[0]} labels. One of them is "
-            "truncated or from another split: delete both and download them again."
+            f"{img_path} holds {images.shape[0]} images but {lab_path} holds "
+            f"{labels.shape[0]} labels. One of them is "
+            "truncated or from another split: delete both and download them "
+            "again."
         )
     x = images.to(torch.float32).div_(255.0).unsqueeze(1)
     y = labels.to(torch.int64)
@@ -380,7 +462,9 @@ def load_mnist(split: str = "train", root=None, binarize=False) -> tuple[torch.T
     return x, y
 
 
-def binarize_dynamic(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize_dynamic(
+    x: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Dynamic binarisation (Burda et al., 2016): a fresh Bernoulli sample with ``p = x``, for one minibatch.
 
     ``x``: grey levels in ``[0, 1]``, any shape (typically ``(B, 1, 28, 28)``), floating dtype. Returns a tensor of
@@ -389,9 +473,15 @@ def binarize_dynamic(x: torch.Tensor, generator: torch.Generator | None = None) 
     device) makes the draw reproducible; ``None`` uses the global RNG.
     """
     if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating tensor of grey levels in [0, 1], got dtype {x.dtype}")
+        raise ValueError(
+            "x must be a floating tensor of grey levels in [0, 1], got dtype "
+            f"{x.dtype}"
+        )
     if not bool(((x >= 0) & (x <= 1)).all()):  # also catches NaN
-        raise ValueError("x must hold grey levels in [0, 1] (no NaN), got values outside that range")
+        raise ValueError(
+            "x must hold grey levels in [0, 1] (no NaN), got values outside "
+            "that range"
+        )
     return torch.bernoulli(x, generator=generator)
 
 
@@ -404,11 +494,16 @@ def sequential_view(x: torch.Tensor) -> torch.Tensor:
     """
     shape = tuple(x.shape)
     if not (shape[1:] in {(1, 28, 28), (28, 28), (784,)} and len(shape) >= 2):
-        raise ValueError(f"x must have shape (N, 1, 28, 28), (N, 28, 28) or (N, 784); got {shape}")
+        raise ValueError(
+            "x must have shape (N, 1, 28, 28), (N, 28, 28) or (N, 784); got "
+            f"{shape}"
+        )
     return x.reshape(shape[0], 28, 28)
 
 
-def load_sequential_mnist(split: str = "train", root=None, binarize=False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_sequential_mnist(
+    split: str = "train", root=None, binarize=False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequential MNIST for Chapter 9 (VRNN): ``(x_seq, y)`` with ``x_seq`` float32 ``(N, 28, 28)`` (batch, rows as
     time steps, 28 pixels per row) and ``y`` int64 ``(N,)``. Arguments as in :func:`load_mnist`."""
     x, y = load_mnist(split, root=root, binarize=binarize)
@@ -421,7 +516,9 @@ def _positive_int(name: str, value) -> int:
     try:
         v = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+        raise ValueError(
+            f"{name} must be a positive int, got {value!r}"
+        ) from None
     if v <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return v
@@ -432,13 +529,22 @@ def _first(x, y, n, name, split):
         return x, y
     n = _positive_int(name, n)
     if n > x.shape[0]:
-        warnings.warn(f"{name}={n} but the {split} split has only {x.shape[0]} images; using all of them",
-                      stacklevel=3)
+        warnings.warn(
+            f"{name}={n} but the {split} split has only {x.shape[0]} images; "
+            "using all of them",
+            stacklevel=3,
+        )
     return x[:n], y[:n]
 
 
-def mnist_loaders(batch_size: int = 128, root=None, binarize=False, num_train: int | None = None,
-                  num_test: int | None = None, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+def mnist_loaders(
+    batch_size: int = 128,
+    root=None,
+    binarize=False,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    seed: int = 0,
+) -> tuple[DataLoader, DataLoader]:
     """``(train_loader, test_loader)`` over MNIST for Chapter 1 and the image chapters.
 
     Each batch is ``(x, y)`` with ``x`` float32 ``(B, 1, 28, 28)`` and ``y`` int64 ``(B,)`` (``B <= batch_size``; the
@@ -448,32 +554,69 @@ def mnist_loaders(batch_size: int = 128, root=None, binarize=False, num_train: i
     ``binarize`` are as in :func:`load_mnist`; for dynamic binarisation call :func:`binarize_dynamic` on each batch.
     """
     batch_size = _positive_int("batch_size", batch_size)
-    for name, n in (("num_train", num_train), ("num_test", num_test)):  # before any file is read
+    for name, n in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+    ):  # before any file is read
         if n is not None:
             _positive_int(name, n)
-    xtr, ytr = _first(*load_mnist("train", root=root, binarize=binarize), num_train, "num_train", "train")
-    xte, yte = _first(*load_mnist("test", root=root, binarize=binarize), num_test, "num_test", "test")
+    xtr, ytr = _first(
+        *load_mnist("train", root=root, binarize=binarize),
+        num_train,
+        "num_train",
+        "train",
+    )
+    xte, yte = _first(
+        *load_mnist("test", root=root, binarize=binarize),
+        num_test,
+        "num_test",
+        "test",
+    )
     gen = torch.Generator().manual_seed(int(seed))
-    train = DataLoader(TensorDataset(xtr, ytr), batch_size=batch_size, shuffle=True, generator=gen)
-    test = DataLoader(TensorDataset(xte, yte), batch_size=batch_size, shuffle=False)
+    train = DataLoader(
+        TensorDataset(xtr, ytr),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=gen,
+    )
+    test = DataLoader(
+        TensorDataset(xte, yte), batch_size=batch_size, shuffle=False
+    )
     return train, test
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # 2-D toy data (Soft-IntroVAE authors' 2-D code)
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 TOY2D_NAMES = ("8gaussians", "2spirals", "checkerboard", "rings")
 
 _R2 = 1.0 / math.sqrt(2.0)
-_EIGHT_UNIT = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0), (_R2, _R2), (_R2, -_R2), (-_R2, _R2), (-_R2, -_R2))
+_EIGHT_UNIT = (
+    (1.0, 0.0),
+    (-1.0, 0.0),
+    (0.0, 1.0),
+    (0.0, -1.0),
+    (_R2, _R2),
+    (_R2, -_R2),
+    (-_R2, _R2),
+    (-_R2, -_R2),
+)
 _EIGHT_SCALE, _EIGHT_NOISE, _EIGHT_DIV = 2.0, 0.02, 1.414
-#: the 8 modes of "8gaussians" after the division by 1.414 (on a circle of radius 2/1.414), shape (8, 2)
-EIGHT_GAUSSIANS_CENTRES = torch.tensor(_EIGHT_UNIT, dtype=torch.float64) * _EIGHT_SCALE / _EIGHT_DIV
+# : the 8 modes of "8gaussians" after the division by 1.414 (on a circle of
+# radius 2/1.414), shape (8, 2)
+EIGHT_GAUSSIANS_CENTRES = (
+    torch.tensor(_EIGHT_UNIT, dtype=torch.float64) * _EIGHT_SCALE / _EIGHT_DIV
+)
 #: per-mode standard deviation of "8gaussians" (0.02 / 1.414)
 EIGHT_GAUSSIANS_STD = _EIGHT_NOISE / _EIGHT_DIV
 
-_RING_RADII = (1.0, 0.75, 0.5, 0.25)  # before the factor 3; the remainder of n // 4 goes to the innermost ring
+_RING_RADII = (
+    1.0,
+    0.75,
+    0.5,
+    0.25,
+)  # before the factor 3; the remainder of n // 4 goes to the innermost ring
 _RING_SCALE, _RING_NOISE = 3.0, 0.08
 _CHECKER_DENSITY = 1.0 / 32.0  # 8 squares of side 2
 
@@ -497,7 +640,9 @@ def _generator(seed) -> torch.Generator:
                 raise TypeError
             g.manual_seed(operator.index(seed))
         except (TypeError, RuntimeError):
-            raise ValueError(f"seed must be an int, None or a torch.Generator, got {seed!r}") from None
+            raise ValueError(
+                f"seed must be an int, None or a torch.Generator, got {seed!r}"
+            ) from None
     return g
 
 
@@ -529,10 +674,17 @@ def toy2d(name: str, n: int, seed=None) -> torch.Tensor:
     if key == "8gaussians":
         centres = torch.tensor(_EIGHT_UNIT, dtype=torch.float32) * _EIGHT_SCALE
         k = torch.randint(0, 8, (n,), generator=g)
-        x = (centres[k] + _EIGHT_NOISE * torch.randn(n, 2, generator=g)) / _EIGHT_DIV
+        x = (
+            centres[k] + _EIGHT_NOISE * torch.randn(n, 2, generator=g)
+        ) / _EIGHT_DIV
     elif key == "2spirals":
         m = (n + 1) // 2
-        t = torch.sqrt(torch.rand(m, 1, generator=g)) * 540.0 * (2.0 * math.pi) / 360.0
+        t = (
+            torch.sqrt(torch.rand(m, 1, generator=g))
+            * 540.0
+            * (2.0 * math.pi)
+            / 360.0
+        )
         d1x = -torch.cos(t) * t + torch.rand(m, 1, generator=g) * 0.5
         d1y = torch.sin(t) * t + torch.rand(m, 1, generator=g) * 0.5
         d1 = torch.cat([d1x, d1y], dim=1)
@@ -540,7 +692,10 @@ def toy2d(name: str, n: int, seed=None) -> torch.Tensor:
         x = x + 0.1 * torch.randn(n, 2, generator=g)
     elif key == "checkerboard":
         x1 = torch.rand(n, generator=g) * 4.0 - 2.0
-        x2_ = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g).to(torch.float32) * 2.0
+        x2_ = (
+            torch.rand(n, generator=g)
+            - torch.randint(0, 2, (n,), generator=g).to(torch.float32) * 2.0
+        )
         x2 = x2_ + torch.remainder(torch.floor(x1), 2.0)
         x = torch.stack([x1, x2], dim=1) * 2.0
     else:  # rings
@@ -548,8 +703,15 @@ def toy2d(name: str, n: int, seed=None) -> torch.Tensor:
         counts = (q, q, q, n - 3 * q)
         pts = []
         for r, c in zip(_RING_RADII, counts):
-            ang = 2.0 * math.pi * torch.arange(c, dtype=torch.float64) / max(c, 1)
-            pts.append(torch.stack([torch.cos(ang), torch.sin(ang)], dim=1) * r)
+            ang = (
+                2.0
+                * math.pi
+                * torch.arange(c, dtype=torch.float64)
+                / max(c, 1)
+            )
+            pts.append(
+                torch.stack([torch.cos(ang), torch.sin(ang)], dim=1) * r
+            )
         base = (torch.cat(pts, dim=0) * _RING_SCALE).to(torch.float32)
         idx = torch.randint(0, n, (n,), generator=g)
         x = base[idx] + _RING_NOISE * torch.randn(n, 2, generator=g)
@@ -576,10 +738,12 @@ def toy2d_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 0 or x.shape[-1] != 2:
         raise ValueError(f"x must have shape (..., 2), got {tuple(x.shape)}")
     if bool(torch.isnan(x).any()):
-        raise ValueError("x must not contain NaN (points of the plane, shape (..., 2))")
+        raise ValueError(
+            "x must not contain NaN (points of the plane, shape (..., 2))"
+        )
     if key == "8gaussians":
         mu = EIGHT_GAUSSIANS_CENTRES.to(dtype=x.dtype, device=x.device)
-        var = EIGHT_GAUSSIANS_STD ** 2
+        var = EIGHT_GAUSSIANS_STD**2
         sq = ((x.unsqueeze(-2) - mu) ** 2).sum(-1)  # (..., 8)
         log_comp = -0.5 * sq / var - math.log(2.0 * math.pi * var)
         return torch.logsumexp(log_comp, dim=-1) - math.log(8.0)
@@ -589,10 +753,19 @@ def toy2d_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
         for i in range(-2, 2):
             for j in range(-2, 2):
                 if (i + j) % 2 == 0:
-                    inside |= (x1 >= 2 * i) & (x1 <= 2 * i + 2) & (x2 >= 2 * j) & (x2 <= 2 * j + 2)
-        out = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype, device=x.device)
+                    inside |= (
+                        (x1 >= 2 * i)
+                        & (x1 <= 2 * i + 2)
+                        & (x2 >= 2 * j)
+                        & (x2 <= 2 * j + 2)
+                    )
+        out = torch.full(
+            x.shape[:-1], -math.inf, dtype=x.dtype, device=x.device
+        )
         return out.masked_fill(inside, math.log(_CHECKER_DENSITY))
     raise NotImplementedError(
-        f"toy2d_log_density: {key!r} has no closed-form density (only 8gaussians and checkerboard have one); "
-        "estimate it from samples (e.g. a histogram or a kernel density estimate) instead."
+        f"toy2d_log_density: {key!r} has no closed-form density (only "
+        "8gaussians and checkerboard have one); "
+        "estimate it from samples (e.g. a histogram or a kernel density "
+        "estimate) instead."
     )

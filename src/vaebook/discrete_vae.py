@@ -23,6 +23,7 @@ Two pieces, so that later chapters can swap one without touching the other:
 The checkpoint ``ch03_catvae`` (20 variables x 10 classes on the MNIST subset) is produced by :func:`train`
 (``python -m vaebook.discrete_vae``, or ``python -m vaebook.pretrained train ch03_catvae`` once registered).
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,30 +41,61 @@ from torch import nn
 from .divergences import kl_categorical
 from .kernels import _check_backend, resolve_backend
 from .models import MLP, BatchMixin, BernoulliDecoder
-from .relaxed import (constant_tau_schedule, exp_concrete_log_prob, exp_concrete_sample, gumbel_max,
-                      gumbel_softmax, recab, relaxed_kl_equal_tau_exact, sample_gumbel, tau_schedule)
+from .relaxed import (
+    constant_tau_schedule,
+    exp_concrete_log_prob,
+    exp_concrete_sample,
+    gumbel_max,
+    gumbel_softmax,
+    recab,
+    relaxed_kl_equal_tau_exact,
+    sample_gumbel,
+    tau_schedule,
+)
 from .utils import check_int, check_number
 
-__all__ = ["KL_CHOICES", "CategoricalEncoder", "CategoricalLatent", "CategoricalVAE", "jang_schedule", "build",
-           "train", "RECIPE"]
+__all__ = [
+    "KL_CHOICES",
+    "CategoricalEncoder",
+    "CategoricalLatent",
+    "CategoricalVAE",
+    "jang_schedule",
+    "build",
+    "train",
+    "RECIPE",
+]
 
 #: names accepted by ``CategoricalLatent(kl=...)``
 KL_CHOICES = ("categorical", "relaxed_mc", "relaxed_exact", "recab")
 
 
-def jang_schedule(tau0: float = 1.0, tau_min: float = 0.5, rate: float = 1e-4, every: int = 500) -> Callable:
+def jang_schedule(
+    tau0: float = 1.0,
+    tau_min: float = 0.5,
+    rate: float = 1e-4,
+    every: int = 500,
+) -> Callable:
     r"""Jang et al.'s annealing :math:`\tau(t)=\max(\tau_{\min},\tau_0e^{-rN\lfloor t/N\rfloor})` as a function of the
     step (a ``functools.partial`` of :func:`vaebook.relaxed.tau_schedule`; picklable, printable). The arguments are
     checked here, not at the first step."""
     tau_schedule(0, tau0, tau_min, rate, every)
-    return functools.partial(tau_schedule, tau0=tau0, tau_min=tau_min, rate=rate, every=every)
+    return functools.partial(
+        tau_schedule, tau0=tau0, tau_min=tau_min, rate=rate, every=every
+    )
 
 
 def _as_schedule(tau) -> Callable[[int], float]:
     if callable(tau):
         return tau
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (0 < tau < math.inf):
-        raise ValueError(f"tau must be a number > 0 or a schedule step -> tau (e.g. jang_schedule()), got {tau!r}")
+    if (
+        isinstance(tau, bool)
+        or not isinstance(tau, numbers.Real)
+        or not (0 < tau < math.inf)
+    ):
+        raise ValueError(
+            "tau must be a number > 0 or a schedule step -> tau (e.g. "
+            f"jang_schedule()), got {tau!r}"
+        )
     return functools.partial(constant_tau_schedule, tau=float(tau))
 
 
@@ -71,13 +103,25 @@ class CategoricalEncoder(nn.Module):
     r"""MLP ``x -> params`` of shape ``(B, num_vars, param_dim)`` (logits of :math:`q_\phi(z_n\mid x)` when
     ``param_dim == num_classes``). Images are flattened first."""
 
-    def __init__(self, data_dim: int, num_vars: int, param_dim: int, hidden: Sequence[int] = (512, 256),
-                 activation: str = "relu"):
+    def __init__(
+        self,
+        data_dim: int,
+        num_vars: int,
+        param_dim: int,
+        hidden: Sequence[int] = (512, 256),
+        activation: str = "relu",
+    ):
         super().__init__()
-        for name, v in (("data_dim", data_dim), ("num_vars", num_vars), ("param_dim", param_dim)):
+        for name, v in (
+            ("data_dim", data_dim),
+            ("num_vars", num_vars),
+            ("param_dim", param_dim),
+        ):
             check_int(name, v)
         self.num_vars, self.param_dim = int(num_vars), int(param_dim)
-        self.net = MLP(int(data_dim), hidden, self.num_vars * self.param_dim, activation)
+        self.net = MLP(
+            int(data_dim), hidden, self.num_vars * self.param_dim, activation
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.net(x.flatten(start_dim=1) if x.dim() > 2 else x)
@@ -112,23 +156,54 @@ class CategoricalLatent(nn.Module):
     :meth:`kl`, :meth:`discrete_logits`.
     """
 
-    def __init__(self, num_vars: int, num_classes: int, kl="categorical", prior: str = "uniform",
-                 tau_prior: float | None = None, hard: bool = False, backend: str = "auto"):
+    def __init__(
+        self,
+        num_vars: int,
+        num_classes: int,
+        kl="categorical",
+        prior: str = "uniform",
+        tau_prior: float | None = None,
+        hard: bool = False,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.backend = _check_backend(backend)
-        for name, v, lo in (("num_vars", num_vars, 1), ("num_classes", num_classes, 2)):
+        for name, v, lo in (
+            ("num_vars", num_vars, 1),
+            ("num_classes", num_classes, 2),
+        ):
             check_int(name, v, lo)
         if not callable(kl) and kl not in KL_CHOICES:
-            raise ValueError(f"kl must be one of {KL_CHOICES} or a callable, got {kl!r}")
-        if tau_prior is not None and kl in ("relaxed_exact", "recab", "categorical"):
-            raise ValueError(f"tau_prior must be None unless kl='relaxed_mc' (the {kl!r} term has no prior "
-                             "temperature: it assumes equal temperatures or none)")
-        if tau_prior is not None and not (isinstance(tau_prior, numbers.Real) and 0 < tau_prior < math.inf):
-            raise ValueError(f"tau_prior must be None or a number > 0, got {tau_prior!r}")
+            raise ValueError(
+                f"kl must be one of {KL_CHOICES} or a callable, got {kl!r}"
+            )
+        if tau_prior is not None and kl in (
+            "relaxed_exact",
+            "recab",
+            "categorical",
+        ):
+            raise ValueError(
+                f"tau_prior must be None unless kl='relaxed_mc' (the {kl!r} "
+                "term has no prior "
+                "temperature: it assumes equal temperatures or none)"
+            )
+        if tau_prior is not None and not (
+            isinstance(tau_prior, numbers.Real) and 0 < tau_prior < math.inf
+        ):
+            raise ValueError(
+                f"tau_prior must be None or a number > 0, got {tau_prior!r}"
+            )
         if prior not in ("uniform", "learned"):
-            raise ValueError(f"prior must be 'uniform' or 'learned', got {prior!r}")
+            raise ValueError(
+                f"prior must be 'uniform' or 'learned', got {prior!r}"
+            )
         self.num_vars, self.num_classes = int(num_vars), int(num_classes)
-        self.kl_type, self.tau_prior, self.hard, self.prior_type = kl, tau_prior, bool(hard), prior
+        self.kl_type, self.tau_prior, self.hard, self.prior_type = (
+            kl,
+            tau_prior,
+            bool(hard),
+            prior,
+        )
         zeros = torch.zeros(self.num_vars, self.num_classes)
         if prior == "learned":
             self.prior_logits = nn.Parameter(zeros)
@@ -145,30 +220,50 @@ class CategoricalLatent(nn.Module):
         """Decoder input size ``N * K``."""
         return self.num_vars * self.num_classes
 
-    # -- hooks ------------------------------------------------------------------------------------------------
+    # -- hooks
+    # -------------------------------------------------------------------------
     def discrete_logits(self, params: torch.Tensor) -> torch.Tensor:
         r"""Logits ``(B, N, K)`` of the categorical :math:`q_\phi(z\mid x)` that hard samples follow (the
         :math:`\tau\to0` limit of the relaxation)."""
         return params
 
-    def rsample(self, params: torch.Tensor, tau: float, num_samples: int | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def rsample(
+        self,
+        params: torch.Tensor,
+        tau: float,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         r"""Relaxed sample(s) for training: ``{"z": (S, B, N, K) decoder input, "log_y": ExpConcrete sample}``
         (``S`` = ``num_samples`` or 1). ``z`` is the Concrete sample :math:`y=e^Y`, or its straight-through one-hot
         version when ``hard``; ``log_y`` is :math:`Y=\mathrm{log\_softmax}((\ell+g)/\tau)` from the same noise."""
         shape = (num_samples or 1, *params.shape)
-        g = sample_gumbel(shape, generator=generator, dtype=params.dtype, device=params.device)
+        g = sample_gumbel(
+            shape,
+            generator=generator,
+            dtype=params.dtype,
+            device=params.device,
+        )
         log_y = exp_concrete_sample(params, tau, gumbel=g)
         backend = getattr(self, "backend", "auto")
         if self.hard:
-            z = gumbel_softmax(params, tau, hard=True, gumbel=g, backend=backend)
-        elif resolve_backend(backend, params) == "triton":  # the fused kernel's soft sample: softmax((l + g) / tau)
+            z = gumbel_softmax(
+                params, tau, hard=True, gumbel=g, backend=backend
+            )
+        elif (
+            resolve_backend(backend, params) == "triton"
+        ):  # the fused kernel's soft sample: softmax((l + g) / tau)
             z = gumbel_softmax(params, tau, gumbel=g, backend="triton")
         else:
             z = log_y.exp()  # the same sample, from the ExpConcrete one
         return {"z": z, "log_y": log_y}
 
-    def kl(self, params: torch.Tensor, sample: dict[str, torch.Tensor] | None, tau: float) -> torch.Tensor:
+    def kl(
+        self,
+        params: torch.Tensor,
+        sample: dict[str, torch.Tensor] | None,
+        tau: float,
+    ) -> torch.Tensor:
         """The training KL term per example, ``(B,)`` (averaged over samples for ``"relaxed_mc"``)."""
         p = self.prior_logits
         if callable(self.kl_type):
@@ -179,37 +274,57 @@ class CategoricalLatent(nn.Module):
             return relaxed_kl_equal_tau_exact(params, p).sum(-1)
         if self.kl_type == "recab":
             return recab(params, p).sum(-1)
-        # relaxed_mc: log q - log p at the decoder's sample, in ExpConcrete space
+        # relaxed_mc: log q - log p at the decoder's sample, in
+        # ExpConcrete space
         if sample is None:
-            raise ValueError("kl='relaxed_mc' needs the sample drawn by rsample")
+            raise ValueError(
+                "kl='relaxed_mc' needs the sample drawn by rsample"
+            )
         log_y = sample["log_y"]
         tau_p = tau if self.tau_prior is None else self.tau_prior
         lq = exp_concrete_log_prob(log_y, params, tau)
         lp = exp_concrete_log_prob(log_y, p.expand_as(params), tau_p)
         return (lq - lp).sum(-1).mean(0)
 
-    # -- discrete model ------------------------------------------------------------------------------------------
-    def sample_discrete(self, params: torch.Tensor, num_samples: int | None = None,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+    # -- discrete model
+    # -------------------------------------------------------------------------
+    def sample_discrete(
+        self,
+        params: torch.Tensor,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Exact one-hot samples ``(S, B, N, K)`` from :meth:`discrete_logits` (Gumbel-max)."""
         logits = self.discrete_logits(params)
-        return gumbel_max(logits.expand(num_samples or 1, *logits.shape), generator=generator)
+        return gumbel_max(
+            logits.expand(num_samples or 1, *logits.shape), generator=generator
+        )
 
     def discrete_kl(self, params: torch.Tensor) -> torch.Tensor:
         r"""Exact :math:`\sum_n\mathrm{KL}(\mathrm{Cat}(\pi^q_n)\|\mathrm{Cat}(\pi^p_n))`, ``(B,)``."""
-        return kl_categorical(self.discrete_logits(params), self.prior_logits).sum(-1)
+        return kl_categorical(
+            self.discrete_logits(params), self.prior_logits
+        ).sum(-1)
 
-    def discrete_log_q(self, params: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def discrete_log_q(
+        self, params: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         """:math:`\\log q(z\\mid x)` of one-hot ``z`` ``(S, B, N, K)``, ``(S, B)``."""
-        return (torch.log_softmax(self.discrete_logits(params), -1) * z).sum((-1, -2))
+        return (torch.log_softmax(self.discrete_logits(params), -1) * z).sum(
+            (-1, -2)
+        )
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p(z)` of one-hot ``z`` ``(..., N, K)``, ``(...)``."""
         return (torch.log_softmax(self.prior_logits, -1) * z).sum((-1, -2))
 
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_prior(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` one-hot codes ``(n, N, K)`` from the prior."""
-        return gumbel_max(self.prior_logits.detach().expand(n, -1, -1), generator=generator)
+        return gumbel_max(
+            self.prior_logits.detach().expand(n, -1, -1), generator=generator
+        )
 
 
 class CategoricalVAE(BatchMixin, nn.Module):
@@ -235,37 +350,81 @@ class CategoricalVAE(BatchMixin, nn.Module):
     categorical KL), which is a true lower bound on :math:`\log p_\theta(x)` of the discrete model.
     """
 
-    def __init__(self, enc: nn.Module, dec: nn.Module, num_vars: int = 20, num_classes: int = 10, kl="categorical",
-                 tau=1.0, prior: str = "uniform", tau_prior: float | None = None, hard: bool = False,
-                 beta: float = 1.0, binarize: str | None = "dynamic", latent: CategoricalLatent | None = None,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        enc: nn.Module,
+        dec: nn.Module,
+        num_vars: int = 20,
+        num_classes: int = 10,
+        kl="categorical",
+        tau=1.0,
+        prior: str = "uniform",
+        tau_prior: float | None = None,
+        hard: bool = False,
+        beta: float = 1.0,
+        binarize: str | None = "dynamic",
+        latent: CategoricalLatent | None = None,
+        backend: str | None = None,
+    ):
         super().__init__()
         if binarize not in (None, "dynamic"):
-            raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
+            raise ValueError(
+                f"binarize must be None or 'dynamic', got {binarize!r}"
+            )
         self.enc, self.dec = enc, dec
-        self.latent = latent if latent is not None else CategoricalLatent(num_vars, num_classes, kl, prior,
-                                                                          tau_prior, hard)
+        self.latent = (
+            latent
+            if latent is not None
+            else CategoricalLatent(
+                num_vars, num_classes, kl, prior, tau_prior, hard
+            )
+        )
         if backend is not None:
             self.latent.backend = _check_backend(backend)
-        self.num_vars, self.num_classes = self.latent.num_vars, self.latent.num_classes
+        self.num_vars, self.num_classes = (
+            self.latent.num_vars,
+            self.latent.num_classes,
+        )
         self.tau_schedule = _as_schedule(tau)
         check_number("beta", beta, 0.0)
         self.beta, self.binarize = float(beta), binarize
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     @classmethod
-    def mlp(cls, num_vars: int = 20, num_classes: int = 10, hidden: Sequence[int] = (512, 256),
-            data_shape: Sequence[int] = (1, 28, 28), activation: str = "relu", **kwargs) -> "CategoricalVAE":
+    def mlp(
+        cls,
+        num_vars: int = 20,
+        num_classes: int = 10,
+        hidden: Sequence[int] = (512, 256),
+        data_shape: Sequence[int] = (1, 28, 28),
+        activation: str = "relu",
+        **kwargs,
+    ) -> "CategoricalVAE":
         """Jang et al.'s notebook architecture: encoder ``D-512-256-(N*K)``, Bernoulli decoder ``(N*K)-256-512-D``
         (ReLU). Keyword arguments go to :class:`CategoricalVAE`."""
         latent = kwargs.pop("latent", None) or CategoricalLatent(
-            num_vars, num_classes, kwargs.pop("kl", "categorical"), kwargs.pop("prior", "uniform"),
-            kwargs.pop("tau_prior", None), kwargs.pop("hard", False), kwargs.get("backend") or "auto")
-        enc = CategoricalEncoder(math.prod(data_shape), latent.num_vars, latent.param_dim, hidden, activation)
-        dec = BernoulliDecoder(latent.latent_dim, data_shape, tuple(reversed(hidden)), activation)
+            num_vars,
+            num_classes,
+            kwargs.pop("kl", "categorical"),
+            kwargs.pop("prior", "uniform"),
+            kwargs.pop("tau_prior", None),
+            kwargs.pop("hard", False),
+            kwargs.get("backend") or "auto",
+        )
+        enc = CategoricalEncoder(
+            math.prod(data_shape),
+            latent.num_vars,
+            latent.param_dim,
+            hidden,
+            activation,
+        )
+        dec = BernoulliDecoder(
+            latent.latent_dim, data_shape, tuple(reversed(hidden)), activation
+        )
         return cls(enc, dec, latent=latent, **kwargs)
 
-    # -- pieces -------------------------------------------------------------------------------------------------
+    # -- pieces
+    # -------------------------------------------------------------------------
     @property
     def backend(self) -> str:
         """Where the relaxed samples are computed (``"auto"``, ``"torch"`` or ``"triton"``): the latent's."""
@@ -288,10 +447,15 @@ class CategoricalVAE(BatchMixin, nn.Module):
         """Decoder distribution for codes ``(..., N, K)`` (flattened to ``(..., N*K)``)."""
         return self.dec(z.flatten(start_dim=-2))
 
-
-    # -- objectives ---------------------------------------------------------------------------------------------
-    def elbo(self, x: torch.Tensor, num_samples: int = 1, discrete: bool | None = None,
-             tau: float | None = None) -> dict[str, torch.Tensor]:
+    # -- objectives
+    # -------------------------------------------------------------------------
+    def elbo(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        discrete: bool | None = None,
+        tau: float | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Per-example ``{"elbo", "rec", "kl"}`` (``(B,)``); ``discrete`` defaults to ``not self.training``;
         ``tau`` (relaxed mode) defaults to :attr:`tau`."""
         discrete = (not self.training) if discrete is None else discrete
@@ -315,8 +479,13 @@ class CategoricalVAE(BatchMixin, nn.Module):
         loss = -(terms["rec"] - self.beta * terms["kl"]).mean()
         if self.training:
             self.step += 1
-        return loss, {"loss": loss.item(), "elbo": terms["elbo"].mean().item(), "rec": terms["rec"].mean().item(),
-                      "kl": terms["kl"].mean().item(), "tau": tau}
+        return loss, {
+            "loss": loss.item(),
+            "elbo": terms["elbo"].mean().item(),
+            "rec": terms["rec"].mean().item(),
+            "kl": terms["kl"].mean().item(),
+            "tau": tau,
+        }
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         r"""Discrete log-weights :math:`\log p(x\mid z_s)+\log p(z_s)-\log q(z_s\mid x)` with one-hot
@@ -324,10 +493,16 @@ class CategoricalVAE(BatchMixin, nn.Module):
         multi-sample test bound)."""
         params = self.encode(x)
         z = self.latent.sample_discrete(params, num_samples)
-        return self.decode(z).log_prob(x) + self.latent.prior_log_prob(z) - self.latent.discrete_log_q(params, z)
+        return (
+            self.decode(z).log_prob(x)
+            + self.latent.prior_log_prob(z)
+            - self.latent.discrete_log_q(params, z)
+        )
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` images (pixel means) decoded from one-hot prior codes, ``(n, *data_shape)``."""
         z = self.latent.sample_prior(n, generator=generator).to(self._device())
         return self.dec.mean(z.flatten(start_dim=-2))
@@ -340,26 +515,53 @@ class CategoricalVAE(BatchMixin, nn.Module):
         return self.dec.mean(z.flatten(start_dim=-2))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # the Chapter 3 checkpoint
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
-#: settings of the ``ch03_catvae`` checkpoint (Jang et al.'s 20 x 10 latent, their notebook's MLP and optimiser)
-RECIPE = dict(num_vars=20, num_classes=10, hidden=(512, 256), kl="categorical", tau0=1.0, tau_min=0.5, rate=1e-4,
-              every=500, num_epochs=100, batch_size=100, lr=1e-3, lr_decay=0.9, lr_decay_every=1000, seed=0,
-              eval_k=1000, eval_num_test=1000)
+# : settings of the ``ch03_catvae`` checkpoint (Jang et al.'s 20 x 10 latent,
+# their notebook's MLP and optimiser)
+RECIPE = dict(
+    num_vars=20,
+    num_classes=10,
+    hidden=(512, 256),
+    kl="categorical",
+    tau0=1.0,
+    tau_min=0.5,
+    rate=1e-4,
+    every=500,
+    num_epochs=100,
+    batch_size=100,
+    lr=1e-3,
+    lr_decay=0.9,
+    lr_decay_every=1000,
+    seed=0,
+    eval_k=1000,
+    eval_num_test=1000,
+)
 
 
 def build(**overrides) -> CategoricalVAE:
     """The untrained ``ch03_catvae`` model (:data:`RECIPE`, ``overrides`` replace its fields)."""
     r = {**RECIPE, **overrides}
-    return CategoricalVAE.mlp(r["num_vars"], r["num_classes"], hidden=tuple(r["hidden"]), kl=r["kl"],
-                              tau=jang_schedule(r["tau0"], r["tau_min"], r["rate"], r["every"]),
-                              backend=r.get("backend", "auto"))
+    return CategoricalVAE.mlp(
+        r["num_vars"],
+        r["num_classes"],
+        hidden=tuple(r["hidden"]),
+        kl=r["kl"],
+        tau=jang_schedule(r["tau0"], r["tau_min"], r["rate"], r["every"]),
+        backend=r.get("backend", "auto"),
+    )
 
 
-def train(out: str | Path | None = None, num_epochs: int | None = None, progress: bool = True, root=None,
-          num_train: int | None = None, **overrides) -> tuple[CategoricalVAE, dict]:
+def train(
+    out: str | Path | None = None,
+    num_epochs: int | None = None,
+    progress: bool = True,
+    root=None,
+    num_train: int | None = None,
+    **overrides,
+) -> tuple[CategoricalVAE, dict]:
     """Train ``ch03_catvae`` on the MNIST training images (dynamic binarisation), evaluate it on the statically
     binarised test images (discrete ELBO on all of them, the ``eval_k``-sample bound on ``eval_num_test``), save
     it with :func:`vaebook.train.save_checkpoint` to ``out`` and return ``(model, meta)``."""
@@ -374,36 +576,71 @@ def train(out: str | Path | None = None, num_epochs: int | None = None, progress
     if num_train is not None:
         x_train = x_train[:num_train]
     x_test, _ = load_mnist("test", root=root, binarize="static")
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=r["batch_size"],
-                                         shuffle=True, generator=torch.Generator().manual_seed(r["seed"]))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_train),
+        batch_size=r["batch_size"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(r["seed"]),
+    )
     model = build(**overrides)
     model.dec.init_bias(x_train)
     opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
     steps_per_epoch = len(loader)
     sched = torch.optim.lr_scheduler.ExponentialLR(
-        opt, r["lr_decay"] ** (steps_per_epoch / r["lr_decay_every"]))
+        opt, r["lr_decay"] ** (steps_per_epoch / r["lr_decay_every"])
+    )
     monitor = x_test[:1000]
 
     def val_fn(m, x):
         return {"elbo": m.elbo(x)["elbo"].mean().item()}
 
-    hist = fit(model, loader, epochs, optimizer=opt, scheduler=sched, val_data=monitor, val_fn=val_fn,
-               seed=r["seed"], progress=progress)
+    hist = fit(
+        model,
+        loader,
+        epochs,
+        optimizer=opt,
+        scheduler=sched,
+        val_data=monitor,
+        val_fn=val_fn,
+        seed=r["seed"],
+        progress=progress,
+    )
     t0 = time.perf_counter()
     torch.manual_seed(r["seed"] + 1)
     ev_test = evaluate(model, x_test)
-    ev_k = evaluate(model, x_test[: r["eval_num_test"]], k=r["eval_k"], chunk_size=50)
+    ev_k = evaluate(
+        model, x_test[: r["eval_num_test"]], k=r["eval_k"], chunk_size=50
+    )
     meta = {
-        "name": "ch03_catvae", "recipe": {**r, "hidden": list(r["hidden"])}, "num_epochs": epochs,
-        "num_train": len(x_train), "num_test": len(x_test), "steps": int(model.step),
-        "final_tau": model.tau, "backend": model.backend, "history": hist.to_dict(),
-        "eval": {"test_elbo": ev_test["elbo"], "test_elbo_se": ev_test["elbo_se"], "test_bound": ev_k["iwae"],
-                 "test_bound_se": ev_k["iwae_se"], "bound_k": r["eval_k"], "bound_num_test": ev_k["n"],
-                 "eval_seconds": time.perf_counter() - t0},
-        "train_seconds": hist.seconds, "torch": torch.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "command": "python -m vaebook.pretrained train ch03_catvae",
+        "name": "ch03_catvae",
+        "recipe": {**r, "hidden": list(r["hidden"])},
+        "num_epochs": epochs,
+        "num_train": len(x_train),
+        "num_test": len(x_test),
+        "steps": int(model.step),
+        "final_tau": model.tau,
+        "backend": model.backend,
+        "history": hist.to_dict(),
+        "eval": {
+            "test_elbo": ev_test["elbo"],
+            "test_elbo_se": ev_test["elbo_se"],
+            "test_bound": ev_k["iwae"],
+            "test_bound_se": ev_k["iwae_se"],
+            "bound_k": r["eval_k"],
+            "bound_num_test": ev_k["n"],
+            "eval_seconds": time.perf_counter() - t0,
+        },
+        "train_seconds": hist.seconds,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "command": "python -m vaebook.pretrained train ch03_catvae",
     }
-    path = Path(out) if out is not None else Path(__file__).resolve().parent / "checkpoints" / "ch03_catvae.pt"
+    path = (
+        Path(out)
+        if out is not None
+        else Path(__file__).resolve().parent / "checkpoints" / "ch03_catvae.pt"
+    )
     save_checkpoint(model, path, **meta)
     return model, meta
 
@@ -412,9 +649,15 @@ if __name__ == "__main__":  # pragma: no cover
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(prog="python -m vaebook.discrete_vae", description="train the ch03_catvae checkpoint")
+    ap = argparse.ArgumentParser(
+        prog="python -m vaebook.discrete_vae",
+        description="train the ch03_catvae checkpoint",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--num-epochs", type=int, default=None)
     a = ap.parse_args()
     _, meta = train(out=a.out, num_epochs=a.num_epochs)
-    print(json.dumps(meta["eval"], indent=2), f"\ntrained in {meta['train_seconds']:.1f} s")
+    print(
+        json.dumps(meta["eval"], indent=2),
+        f"\ntrained in {meta['train_seconds']:.1f} s",
+    )

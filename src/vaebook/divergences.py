@@ -6,6 +6,7 @@ KL; later chapters add the divergences between mixtures and relaxed categoricals
 Shapes follow ``torch.distributions``: leading dimensions are batch dimensions and broadcast; the last dimension
 is the event dimension and is summed over.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,17 @@ def _expm1_minus_x(d: torch.Tensor) -> torch.Tensor:
     subtraction would cancel (truncation error below 1e-9 relative)."""
     small = d.abs() < 0.1
     ds = torch.where(small, d, torch.zeros_like(d))
-    series = 0.5 * ds * ds * (1 + ds / 3 * (1 + ds / 4 * (1 + ds / 5 * (1 + ds / 6 * (1 + ds / 7)))))
+    series = (
+        0.5
+        * ds
+        * ds
+        * (
+            1
+            + ds
+            / 3
+            * (1 + ds / 4 * (1 + ds / 5 * (1 + ds / 6 * (1 + ds / 7))))
+        )
+    )
     return torch.where(small, series, torch.expm1(d) - d)
 
 
@@ -53,28 +64,57 @@ def _sq_over_var(diff: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     use = big & (adiff > 0)
     log_adiff = torch.log(torch.where(use, adiff, torch.ones_like(adiff)))
     v = torch.where(use, logvar, zero_v)
-    extreme = torch.where(use, torch.exp(2.0 * log_adiff - v), torch.zeros_like(log_adiff))
+    extreme = torch.where(
+        use, torch.exp(2.0 * log_adiff - v), torch.zeros_like(log_adiff)
+    )
     return torch.where(big, extreme, ordinary)
 
 
 def _normal_args(q_mean, q_logvar, p_mean, p_logvar):
     """Validate and convert the arguments of :func:`kl_normal_diag` (same dtype/device, finite, broadcastable)."""
     q_mean = torch.as_tensor(q_mean)
-    q_logvar = _as_tensor_like(q_logvar, q_mean) if not torch.is_tensor(q_logvar) else q_logvar
+    q_logvar = (
+        _as_tensor_like(q_logvar, q_mean)
+        if not torch.is_tensor(q_logvar)
+        else q_logvar
+    )
     if not torch.is_floating_point(q_mean):
         q_mean = q_mean.to(torch.get_default_dtype())
-    p_mean = _as_tensor_like(p_mean, q_mean) if not torch.is_tensor(p_mean) else p_mean
-    p_logvar = _as_tensor_like(p_logvar, q_mean) if not torch.is_tensor(p_logvar) else p_logvar
-    for name, t in (("q_mean", q_mean), ("q_logvar", q_logvar), ("p_mean", p_mean), ("p_logvar", p_logvar)):
+    p_mean = (
+        _as_tensor_like(p_mean, q_mean)
+        if not torch.is_tensor(p_mean)
+        else p_mean
+    )
+    p_logvar = (
+        _as_tensor_like(p_logvar, q_mean)
+        if not torch.is_tensor(p_logvar)
+        else p_logvar
+    )
+    for name, t in (
+        ("q_mean", q_mean),
+        ("q_logvar", q_logvar),
+        ("p_mean", p_mean),
+        ("p_logvar", p_logvar),
+    ):
         _check_nan(name, t)
         if torch.isinf(t).any():
-            raise ValueError(f"{name} must be finite (log-variances in a float range, e.g. [-50, 50])")
+            raise ValueError(
+                f"{name} must be finite (log-variances in a float range, e.g. "
+                "[-50, 50])"
+            )
     if q_mean.dim() == 0:
-        raise ValueError("q_mean must have at least one dimension (the event dimension, summed over)")
+        raise ValueError(
+            "q_mean must have at least one dimension (the event dimension, "
+            "summed over)"
+        )
     try:
-        torch.broadcast_shapes(q_mean.shape, q_logvar.shape, p_mean.shape, p_logvar.shape)
+        torch.broadcast_shapes(
+            q_mean.shape, q_logvar.shape, p_mean.shape, p_logvar.shape
+        )
     except RuntimeError as e:
-        raise ValueError(f"q_mean, q_logvar, p_mean, p_logvar must broadcast: {e}") from None
+        raise ValueError(
+            f"q_mean, q_logvar, p_mean, p_logvar must broadcast: {e}"
+        ) from None
     return q_mean, q_logvar, p_mean, p_logvar
 
 
@@ -99,24 +139,41 @@ def kl_normal_diag(q_mean, q_logvar, p_mean=0.0, p_logvar=0.0) -> torch.Tensor:
     Returns:
         ``(...)``: the KL summed over the last dimension (nats).
     """
-    q_mean, q_logvar, p_mean, p_logvar = _normal_args(q_mean, q_logvar, p_mean, p_logvar)
+    q_mean, q_logvar, p_mean, p_logvar = _normal_args(
+        q_mean, q_logvar, p_mean, p_logvar
+    )
     d = q_logvar - p_logvar  # log(sigma_q^2 / sigma_p^2)
-    sq = _sq_over_var(q_mean - p_mean, p_logvar)  # (mu_q - mu_p)^2 / sigma_p^2, without 0 * inf
+    sq = _sq_over_var(
+        q_mean - p_mean, p_logvar
+    )  # (mu_q - mu_p)^2 / sigma_p^2, without 0 * inf
     return 0.5 * (_expm1_minus_x(d) + sq).sum(-1)
 
 
 def _cholesky(name: str, cov: torch.Tensor) -> torch.Tensor:
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
-        raise ValueError(f"{name} must be a (..., D, D) covariance matrix, got shape {tuple(cov.shape)}")
+        raise ValueError(
+            f"{name} must be a (..., D, D) covariance matrix, got shape "
+            f"{tuple(cov.shape)}"
+        )
     _check_nan(name, cov)
     if torch.isinf(cov).any():
-        raise ValueError(f"{name} must be finite (a symmetric positive definite matrix)")
+        raise ValueError(
+            f"{name} must be finite (a symmetric positive definite matrix)"
+        )
     c = cov.detach()
-    if not torch.allclose(c, c.transpose(-1, -2), rtol=1e-5, atol=1e-8 * float(c.abs().max().clamp_min(1.0))):
+    if not torch.allclose(
+        c,
+        c.transpose(-1, -2),
+        rtol=1e-5,
+        atol=1e-8 * float(c.abs().max().clamp_min(1.0)),
+    ):
         raise ValueError(f"{name} must be symmetric")
     chol, info = torch.linalg.cholesky_ex(cov)
     if (info != 0).any():
-        raise ValueError(f"{name} must be symmetric positive definite (its Cholesky factorisation failed)")
+        raise ValueError(
+            f"{name} must be symmetric positive definite (its Cholesky "
+            "factorisation failed)"
+        )
     return chol
 
 
@@ -126,26 +183,48 @@ def _mvn_args(q_mean, q_cov, p_mean, p_cov):
     if not torch.is_floating_point(q_mean):
         q_mean = q_mean.to(torch.get_default_dtype())
     if q_mean.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"q_mean has dtype {q_mean.dtype}, but kl_mvn supports float32 and float64 only (its "
-                        f"Cholesky factorisations have no half-precision kernels): convert with .float() or .double()")
+        raise TypeError(
+            f"q_mean has dtype {q_mean.dtype}, but kl_mvn supports float32 "
+            "and float64 only (its "
+            "Cholesky factorisations have no half-precision kernels): "
+            "convert with .float() or .double()"
+        )
     q_cov = torch.as_tensor(q_cov, dtype=q_mean.dtype, device=q_mean.device)
     dim = q_mean.shape[-1] if q_mean.dim() else 0
     if q_mean.dim() == 0:
         raise ValueError("q_mean must have shape (..., D)")
-    p_mean = torch.zeros_like(q_mean) if p_mean is None else torch.as_tensor(p_mean, dtype=q_mean.dtype, device=q_mean.device)
+    p_mean = (
+        torch.zeros_like(q_mean)
+        if p_mean is None
+        else torch.as_tensor(p_mean, dtype=q_mean.dtype, device=q_mean.device)
+    )
     if p_cov is None:
         p_cov = torch.eye(dim, dtype=q_mean.dtype, device=q_mean.device)
     p_cov = torch.as_tensor(p_cov, dtype=q_mean.dtype, device=q_mean.device)
     for name, cov in (("q_cov", q_cov), ("p_cov", p_cov)):
         if cov.dim() < 2 or cov.shape[-1] != dim:
-            raise ValueError(f"{name} must have shape (..., {dim}, {dim}) to match q_mean's last dimension {dim}, "
-                             f"got {tuple(cov.shape)}")
+            raise ValueError(
+                f"{name} must have shape (..., {dim}, {dim}) to match "
+                f"q_mean's last dimension {dim}, "
+                f"got {tuple(cov.shape)}"
+            )
     if p_mean.shape[-1] != dim:
-        raise ValueError(f"p_mean must have last dimension {dim}, got shape {tuple(p_mean.shape)}")
-    for name, t in (("q_mean", q_mean), ("q_cov", q_cov), ("p_mean", p_mean), ("p_cov", p_cov)):
+        raise ValueError(
+            f"p_mean must have last dimension {dim}, got shape "
+            f"{tuple(p_mean.shape)}"
+        )
+    for name, t in (
+        ("q_mean", q_mean),
+        ("q_cov", q_cov),
+        ("p_mean", p_mean),
+        ("p_cov", p_cov),
+    ):
         if t.numel() == 0:
-            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): kl_mvn needs D >= 1 and every batch "
-                             f"dimension >= 1 (at least one pair of distributions)")
+            raise ValueError(
+                f"{name} is empty (shape {tuple(t.shape)}): kl_mvn needs D >= "
+                "1 and every batch "
+                f"dimension >= 1 (at least one pair of distributions)"
+            )
     for name, t in (("q_mean", q_mean), ("p_mean", p_mean)):
         _check_nan(name, t)
         if torch.isinf(t).any():
@@ -153,10 +232,16 @@ def _mvn_args(q_mean, q_cov, p_mean, p_cov):
     lq = _cholesky("q_cov", q_cov)
     lp = _cholesky("p_cov", p_cov)
     try:
-        torch.broadcast_shapes(lq.shape[:-2], lp.shape[:-2], q_mean.shape[:-1], p_mean.shape[:-1])
+        torch.broadcast_shapes(
+            lq.shape[:-2], lp.shape[:-2], q_mean.shape[:-1], p_mean.shape[:-1]
+        )
     except RuntimeError:
-        raise ValueError(f"the batch shapes of q_mean {tuple(q_mean.shape[:-1])}, q_cov {tuple(q_cov.shape[:-2])}, "
-                         f"p_mean {tuple(p_mean.shape[:-1])} and p_cov {tuple(p_cov.shape[:-2])} must broadcast") from None
+        raise ValueError(
+            f"the batch shapes of q_mean {tuple(q_mean.shape[:-1])}, q_cov "
+            f"{tuple(q_cov.shape[:-2])}, "
+            f"p_mean {tuple(p_mean.shape[:-1])} and p_cov "
+            f"{tuple(p_cov.shape[:-2])} must broadcast"
+        ) from None
     return q_mean, p_mean, lq, lp
 
 
@@ -180,17 +265,22 @@ def kl_mvn(q_mean, q_cov, p_mean=None, p_cov=None) -> torch.Tensor:
     """
     q_mean, p_mean, lq, lp = _mvn_args(q_mean, q_cov, p_mean, p_cov)
     dim = q_mean.shape[-1]
-    batch = torch.broadcast_shapes(lq.shape[:-2], lp.shape[:-2], q_mean.shape[:-1], p_mean.shape[:-1])
+    batch = torch.broadcast_shapes(
+        lq.shape[:-2], lp.shape[:-2], q_mean.shape[:-1], p_mean.shape[:-1]
+    )
     lq = lq.expand(*batch, dim, dim)
     lp = lp.expand(*batch, dim, dim)
     diff = (p_mean - q_mean).expand(*batch, dim).unsqueeze(-1)
     a = torch.linalg.solve_triangular(lp, lq, upper=False)  # L_p^{-1} L_q
-    b = torch.linalg.solve_triangular(lp, diff, upper=False)  # L_p^{-1} (mu_p - mu_q)
+    b = torch.linalg.solve_triangular(
+        lp, diff, upper=False
+    )  # L_p^{-1} (mu_p - mu_q)
     trace = a.pow(2).sum((-1, -2))
     maha = b.pow(2).sum((-1, -2))
     logdet_p = 2.0 * torch.log(torch.diagonal(lp, dim1=-2, dim2=-1)).sum(-1)
     logdet_q = 2.0 * torch.log(torch.diagonal(lq, dim1=-2, dim2=-1)).sum(-1)
-    # KL >= 0: trace + maha - D and the log-determinants cancel at (near) equality and can round below 0
+    # KL >= 0: trace + maha - D and the log-determinants cancel at (near)
+    # equality and can round below 0
     return (0.5 * (trace + maha - dim + logdet_p - logdet_q)).clamp_min(0.0)
 
 
@@ -209,31 +299,51 @@ def kl_categorical(q_logits, p_logits) -> torch.Tensor:
     q_logits = torch.as_tensor(q_logits)
     if not torch.is_floating_point(q_logits):
         q_logits = q_logits.to(torch.get_default_dtype())
-    p_logits = torch.as_tensor(p_logits, dtype=q_logits.dtype, device=q_logits.device)
+    p_logits = torch.as_tensor(
+        p_logits, dtype=q_logits.dtype, device=q_logits.device
+    )
     for name, t in (("q_logits", q_logits), ("p_logits", p_logits)):
         _check_nan(name, t)
         if t.dim() == 0 or t.shape[-1] < 1:
-            raise ValueError(f"{name} must have shape (..., K) with K >= 1, got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape (..., K) with K >= 1, got "
+                f"{tuple(t.shape)}"
+            )
         if (t == math.inf).any():
-            raise ValueError(f"{name} must not contain +inf (use finite logits; -inf marks an impossible category)")
+            raise ValueError(
+                f"{name} must not contain +inf (use finite logits; -inf marks "
+                "an impossible category)"
+            )
     if q_logits.shape[-1] != p_logits.shape[-1]:
-        raise ValueError(f"q_logits and p_logits must have the same number of categories K, "
-                         f"got {q_logits.shape[-1]} and {p_logits.shape[-1]}")
+        raise ValueError(
+            "q_logits and p_logits must have the same number of categories "
+            "K, "
+            f"got {q_logits.shape[-1]} and {p_logits.shape[-1]}"
+        )
     try:
         torch.broadcast_shapes(q_logits.shape, p_logits.shape)
     except RuntimeError:
-        raise ValueError(f"q_logits and p_logits must broadcast, got shapes {tuple(q_logits.shape)} "
-                         f"and {tuple(p_logits.shape)}") from None
+        raise ValueError(
+            "q_logits and p_logits must broadcast, got shapes "
+            f"{tuple(q_logits.shape)} "
+            f"and {tuple(p_logits.shape)}"
+        ) from None
     log_q = torch.log_softmax(q_logits, -1)
     log_p = torch.log_softmax(p_logits, -1)
     q = log_q.exp()
     terms = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
-    # KL >= 0: the sum of terms of both signs can round to a tiny negative number (e.g. -1e-34 in float32)
+    # KL >= 0: the sum of terms of both signs can round to a tiny
+    # negative number (e.g. -1e-34 in float32)
     return terms.sum(-1).clamp_min(0.0)
 
 
-def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = None,
-          return_stderr: bool = False):
+def kl_mc(
+    q,
+    p,
+    num_samples: int = 1000,
+    generator: torch.Generator | None = None,
+    return_stderr: bool = False,
+):
     r"""Monte Carlo estimate of :math:`\mathrm{KL}(q\,\|\,p)=\mathbb E_q[\log q(z)-\log p(z)]` with its standard error.
 
     ``q`` and ``p`` are ``torch.distributions`` objects with the same event shape; ``q`` must support ``sample``
@@ -249,20 +359,36 @@ def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = Non
 
     for name, d in (("q", q), ("p", p)):
         if not isinstance(d, Distribution):
-            raise TypeError(f"{name} must be a torch.distributions.Distribution (with sample or rsample, and "
-                            f"log_prob), got {type(d).__name__}; for distributions given by parameter tensors use "
-                            f"the closed forms kl_normal_diag, kl_mvn or kl_categorical")
+            raise TypeError(
+                f"{name} must be a torch.distributions.Distribution (with "
+                "sample or rsample, and "
+                f"log_prob), got {type(d).__name__}; for distributions given "
+                "by parameter tensors use "
+                f"the closed forms kl_normal_diag, kl_mvn or kl_categorical"
+            )
     if q.event_shape != p.event_shape:
-        raise ValueError(f"q and p must have the same event shape, got {tuple(q.event_shape)} and "
-                         f"{tuple(p.event_shape)}")
+        raise ValueError(
+            "q and p must have the same event shape, got "
+            f"{tuple(q.event_shape)} and "
+            f"{tuple(p.event_shape)}"
+        )
     if generator is not None:
-        # torch.distributions has no generator argument: fork the global RNG and seed it from the generator.
+        # torch.distributions has no generator argument: fork the
+        # global RNG and seed it from the generator.
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
+            z = (
+                q.rsample((num_samples,))
+                if q.has_rsample
+                else q.sample((num_samples,))
+            )
     else:
-        z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
+        z = (
+            q.rsample((num_samples,))
+            if q.has_rsample
+            else q.sample((num_samples,))
+        )
     log_ratio = q.log_prob(z) - p.log_prob(z)
     est = log_ratio.mean(0)
     if not return_stderr:
@@ -271,8 +397,10 @@ def kl_mc(q, p, num_samples: int = 1000, generator: torch.Generator | None = Non
 
 
 def __getattr__(name: str):
-    # Divergences derived in later chapters live in their topic's module and are re-exported here lazily,
-    # so that ``vaebook.divergences.kl_gmm`` (Chapter 2) and ``vaebook.divergences.recab`` (Chapter 5) work.
+    # Divergences derived in later chapters live in their topic's module
+    # and are re-exported here lazily,
+    # so that ``vaebook.divergences.kl_gmm`` (Chapter 2) and
+    # ``vaebook.divergences.recab`` (Chapter 5) work.
     if name == "kl_gmm":
         from .mixtures import kl_gmm
 

@@ -16,6 +16,7 @@ whose prior is an IGR-I on the post-flow space; numerically for IGR-SB), and the
 uniform categorical prior. The model is :class:`vaebook.discrete_vae.CategoricalVAE` with this latent
 (:func:`build`), so training, the discrete ELBO and the importance-weighted bound are Chapter 3's code.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,16 @@ import torch
 from torch.distributions import kl_divergence
 
 from .discrete_vae import CategoricalLatent, CategoricalVAE
-from .distributions import (IGR, IGRPlanar, IGRStickBreaking, PlanarFlow, calibrate_uniform_prior,
-                            igr_limit_probs, log_softmax_pp, uniform_prior)
+from .distributions import (
+    IGR,
+    IGRPlanar,
+    IGRStickBreaking,
+    PlanarFlow,
+    calibrate_uniform_prior,
+    igr_limit_probs,
+    log_softmax_pp,
+    uniform_prior,
+)
 from .utils import check_int, check_number
 
 __all__ = ["FAMILIES", "IGRLatent", "build"]
@@ -58,21 +67,44 @@ class IGRLatent(CategoricalLatent):
         log_scale_range: the encoder's :math:`\log\sigma` is clamped to this range (no overflow early in training).
     """
 
-    def __init__(self, num_vars: int, num_classes: int, family: str = "I", delta: float = 1.0,
-                 prior_scale: float = 1.0, num_flows: int = 2, limit_samples: int = 200, exact_limit: bool = False,
-                 log_scale_range: tuple[float, float] = (-7.0, 4.0)):
+    def __init__(
+        self,
+        num_vars: int,
+        num_classes: int,
+        family: str = "I",
+        delta: float = 1.0,
+        prior_scale: float = 1.0,
+        num_flows: int = 2,
+        limit_samples: int = 200,
+        exact_limit: bool = False,
+        log_scale_range: tuple[float, float] = (-7.0, 4.0),
+    ):
         super().__init__(num_vars, num_classes, kl=_igr_kl, prior="uniform")
         if family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+            raise ValueError(
+                f"family must be one of {FAMILIES}, got {family!r}"
+            )
         check_number("delta", delta, 0.0, strict=True)
         check_int("limit_samples", limit_samples, 10)
         check_int("num_flows", num_flows)
         check_number("prior_scale", prior_scale, 0.0, strict=True)
         lo_hi = tuple(log_scale_range)
-        if len(lo_hi) != 2 or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in lo_hi) \
-                or not lo_hi[0] < lo_hi[1]:
-            raise ValueError(f"log_scale_range must be two finite numbers (lo, hi) with lo < hi, got {log_scale_range!r}")
-        self.family, self.delta, self.limit_samples = family, float(delta), int(limit_samples)
+        if (
+            len(lo_hi) != 2
+            or not all(
+                isinstance(v, numbers.Real) and math.isfinite(v) for v in lo_hi
+            )
+            or not lo_hi[0] < lo_hi[1]
+        ):
+            raise ValueError(
+                "log_scale_range must be two finite numbers (lo, hi) with lo "
+                f"< hi, got {log_scale_range!r}"
+            )
+        self.family, self.delta, self.limit_samples = (
+            family,
+            float(delta),
+            int(limit_samples),
+        )
         self.exact_limit = bool(exact_limit)
         self.log_scale_range = tuple(float(v) for v in log_scale_range)
         K = self.num_classes
@@ -82,14 +114,18 @@ class IGRLatent(CategoricalLatent):
             loc, scale = uniform_prior(K, prior_scale)
         self.register_buffer("prior_loc", loc)
         self.register_buffer("prior_scale", scale)
-        self.flow = PlanarFlow(K - 1, num_flows) if family == "planar" else None
+        self.flow = (
+            PlanarFlow(K - 1, num_flows) if family == "planar" else None
+        )
 
     @property
     def param_dim(self) -> int:
         """:math:`2(K-1)`: the Gaussian's :math:`\\mu` and :math:`\\log\\sigma` per variable."""
         return 2 * (self.num_classes - 1)
 
-    def loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loc_scale(
+        self, params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Split ``params`` ``(B, N, 2(K-1))`` into ``loc`` and ``scale`` ``(B, N, K-1)``."""
         k1 = self.num_classes - 1
         lo, hi = self.log_scale_range
@@ -107,33 +143,65 @@ class IGRLatent(CategoricalLatent):
     def prior(self, tau: float) -> IGR:
         """The relaxed prior (for IGR-Planar an IGR-I: a Gaussian on the post-flow space, as in the authors' code)."""
         if self.family == "sb":
-            return IGRStickBreaking(self.prior_loc, self.prior_scale, tau, self.delta)
+            return IGRStickBreaking(
+                self.prior_loc, self.prior_scale, tau, self.delta
+            )
         return IGR(self.prior_loc, self.prior_scale, tau, self.delta)
 
-    # -- hooks ------------------------------------------------------------------------------------------------
-    def rsample(self, params: torch.Tensor, tau: float, num_samples: int | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    # -- hooks
+    # -------------------------------------------------------------------------
+    def rsample(
+        self,
+        params: torch.Tensor,
+        tau: float,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         r"""``{"z": (S, B, N, K) IGR sample, "log_x": its log, "gauss": (S, B, N, K-1) Gaussian point}``."""
         q = self.distribution(params, tau)
         gauss = q.rsample_gauss((num_samples or 1,), generator)
-        if self.family == "planar":  # run the flow once; the KL needs its log-determinant too
+        if (
+            self.family == "planar"
+        ):  # run the flow once; the KL needs its log-determinant too
             lam, logdet = self.flow(gauss)
             log_x = log_softmax_pp(lam / tau, self.delta)
-            return {"z": log_x.exp(), "log_x": log_x, "gauss": gauss, "lam": lam, "logdet": logdet}
+            return {
+                "z": log_x.exp(),
+                "log_x": log_x,
+                "gauss": gauss,
+                "lam": lam,
+                "logdet": logdet,
+            }
         log_x = q.log_x_from_gauss(gauss)
         return {"z": log_x.exp(), "log_x": log_x, "gauss": gauss}
 
-    def kl(self, params: torch.Tensor, sample: dict[str, torch.Tensor] | None, tau: float) -> torch.Tensor:
+    def kl(
+        self,
+        params: torch.Tensor,
+        sample: dict[str, torch.Tensor] | None,
+        tau: float,
+    ) -> torch.Tensor:
         r"""Training KL per example, ``(B,)``: closed form (I, SB) or single-sample MC in :math:`\lambda` space
         (Planar: :math:`\log\mathcal N(z;\mu,\sigma)-\log|\det J_f(z)|-\log\mathcal N(f(z);\mu_0,\sigma_0)`)."""
         q, p = self.distribution(params, tau), self.prior(tau)
         if self.family != "planar":
             return kl_divergence(q, p).sum(-1)
         if sample is None:
-            raise ValueError("the IGR-Planar KL is a Monte Carlo estimate: it needs the sample drawn by rsample")
+            raise ValueError(
+                "the IGR-Planar KL is a Monte Carlo estimate: it needs the "
+                "sample drawn by rsample"
+            )
         gauss = sample["gauss"]
-        lam, logdet = (sample["lam"], sample["logdet"]) if "lam" in sample else self.flow(gauss)
-        return (q._gauss_log_prob(gauss) - logdet - p._gauss_log_prob(lam)).sum(-1).mean(0)
+        lam, logdet = (
+            (sample["lam"], sample["logdet"])
+            if "lam" in sample
+            else self.flow(gauss)
+        )
+        return (
+            (q._gauss_log_prob(gauss) - logdet - p._gauss_log_prob(lam))
+            .sum(-1)
+            .mean(0)
+        )
 
     def discrete_logits(self, params: torch.Tensor) -> torch.Tensor:
         r"""Log-probabilities ``(B, N, K)`` of the zero-temperature categorical (eq. ``ch04-limit``)."""
@@ -141,27 +209,58 @@ class IGRLatent(CategoricalLatent):
         tiny = torch.finfo(loc.dtype).tiny
         if self.family == "I" and self.exact_limit:
             return igr_limit_probs(loc, scale).clamp_min(tiny).log()
-        # Monte Carlo frequencies of argmax(lambda, 0), with a fixed seed so that repeated calls agree; the last
-        # result is cached (sample_discrete and discrete_kl ask for the same params in one ELBO evaluation)
-        key = (params.data_ptr(), params._version, tuple(params.shape), self.training)
+        # Monte Carlo frequencies of argmax(lambda, 0), with a fixed
+        # seed so that repeated calls agree; the last
+        # result is cached (sample_discrete and discrete_kl ask for
+        # the same params in one ELBO evaluation)
+        key = (
+            params.data_ptr(),
+            params._version,
+            tuple(params.shape),
+            self.training,
+        )
         if getattr(self, "_cache", None) is not None and self._cache[0] == key:
             return self._cache[1]
         g = torch.Generator(device=loc.device).manual_seed(1234)
         q = self.distribution(params.detach(), 1.0)
         with torch.no_grad():
-            lam = q.h(q.rsample_gauss((self.limit_samples,), g))  # (S, B, N, K-1)
-            idx = torch.cat([lam, torch.zeros_like(lam[..., :1])], -1).argmax(-1)  # (S, B, N)
-            counts = torch.zeros(*idx.shape[1:], self.num_classes, dtype=loc.dtype, device=loc.device)
-            counts.scatter_add_(-1, idx.movedim(0, -1), torch.ones_like(idx.movedim(0, -1), dtype=loc.dtype))
-        # add-1/2 smoothing keeps every category possible (log q finite); still a valid categorical
-        out = torch.log((counts + 0.5) / (self.limit_samples + 0.5 * self.num_classes))
+            lam = q.h(
+                q.rsample_gauss((self.limit_samples,), g)
+            )  # (S, B, N, K-1)
+            idx = torch.cat([lam, torch.zeros_like(lam[..., :1])], -1).argmax(
+                -1
+            )  # (S, B, N)
+            counts = torch.zeros(
+                *idx.shape[1:],
+                self.num_classes,
+                dtype=loc.dtype,
+                device=loc.device,
+            )
+            counts.scatter_add_(
+                -1,
+                idx.movedim(0, -1),
+                torch.ones_like(idx.movedim(0, -1), dtype=loc.dtype),
+            )
+        # add-1/2 smoothing keeps every category possible (log q
+        # finite); still a valid categorical
+        out = torch.log(
+            (counts + 0.5) / (self.limit_samples + 0.5 * self.num_classes)
+        )
         self._cache = (key, out)
         return out
 
 
-def build(family: str = "I", num_vars: int = 20, num_classes: int = 10, hidden: Sequence[int] = (256,),
-          tau: float = 0.5, **latent_kwargs) -> CategoricalVAE:
+def build(
+    family: str = "I",
+    num_vars: int = 20,
+    num_classes: int = 10,
+    hidden: Sequence[int] = (256,),
+    tau: float = 0.5,
+    **latent_kwargs,
+) -> CategoricalVAE:
     """A :class:`~vaebook.discrete_vae.CategoricalVAE` (Chapter 3's MLP encoder/decoder, dynamic binarisation) with
     an :class:`IGRLatent` of ``family`` at a constant temperature ``tau``."""
     latent = IGRLatent(num_vars, num_classes, family, **latent_kwargs)
-    return CategoricalVAE.mlp(num_vars, num_classes, hidden=tuple(hidden), latent=latent, tau=tau)
+    return CategoricalVAE.mlp(
+        num_vars, num_classes, hidden=tuple(hidden), latent=latent, tau=tau
+    )

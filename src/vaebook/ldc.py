@@ -27,6 +27,7 @@ standard error), both built on :func:`u_statistic`.
 
 ``build()`` / ``train()`` produce the checkpoint ``ch07_ldc`` (``python -m vaebook.pretrained train ch07_ldc``).
 """
+
 from __future__ import annotations
 
 import platform
@@ -40,7 +41,13 @@ from torch.distributions import Independent, Normal
 
 from .models import MLP, BatchMixin, BernoulliDecoder
 from .kernels import _check_backend
-from .svgd import BANDWIDTH_RULES, amortized_svgd_loss, median_bandwidth, rbf_kernel, stein_kernel_matrix
+from .svgd import (
+    BANDWIDTH_RULES,
+    amortized_svgd_loss,
+    median_bandwidth,
+    rbf_kernel,
+    stein_kernel_matrix,
+)
 from .utils import check_finite, check_int, check_number
 
 __all__ = [
@@ -58,9 +65,9 @@ __all__ = [
 _ACT = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # the implicit encoder (sampler net)
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 class ParticleEncoder(nn.Module):
@@ -76,43 +83,74 @@ class ParticleEncoder(nn.Module):
     ``forward(x, num_particles)`` returns ``(B, num_particles, latent_dim)``; ``x`` is ``(B, ...)`` (flattened).
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200, 200),
-                 head_hidden: Sequence[int] = (200,), activation: str = "tanh", logvar_bound: float = 12.0):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        head_hidden: Sequence[int] = (200,),
+        activation: str = "tanh",
+        logvar_bound: float = 12.0,
+    ):
         super().__init__()
         if activation not in _ACT:
-            raise ValueError(f"activation must be one of {sorted(_ACT)}, got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(_ACT)}, got {activation!r}"
+            )
         check_int("latent_dim", latent_dim)
         check_int("data_dim", data_dim)
         hidden = tuple(hidden)
         if not hidden:
-            raise ValueError("hidden must list at least one layer width (the trunk's output feeds the heads)")
+            raise ValueError(
+                "hidden must list at least one layer width (the trunk's "
+                "output feeds the heads)"
+            )
         self.latent_dim = latent_dim
-        self.logvar_bound = check_number("logvar_bound", logvar_bound, 0.0, strict=True)
-        self.trunk = nn.Sequential(MLP(data_dim, hidden[:-1], hidden[-1], activation), _ACT[activation]())
+        self.logvar_bound = check_number(
+            "logvar_bound", logvar_bound, 0.0, strict=True
+        )
+        self.trunk = nn.Sequential(
+            MLP(data_dim, hidden[:-1], hidden[-1], activation),
+            _ACT[activation](),
+        )
         self.gauss = nn.Linear(hidden[-1], 2 * latent_dim)
-        self.residual = MLP(hidden[-1] + latent_dim, tuple(head_hidden), latent_dim, activation)
+        self.residual = MLP(
+            hidden[-1] + latent_dim, tuple(head_hidden), latent_dim, activation
+        )
         nn.init.zeros_(self.residual[-1].weight)
         nn.init.zeros_(self.residual[-1].bias)
 
-    def forward(self, x: torch.Tensor, num_particles: int = 1, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_particles: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         check_int("num_particles", num_particles)
         h = self.trunk(x.flatten(start_dim=1) if x.dim() > 2 else x)  # (B, H)
         mu, raw = self.gauss(h).chunk(2, dim=-1)
         b = self.logvar_bound
         logvar = b * torch.tanh(raw / b)
         shape = (h.shape[0], num_particles, self.latent_dim)
-        xi = torch.randn(shape, dtype=h.dtype, device=h.device, generator=generator)
+        xi = torch.randn(
+            shape, dtype=h.dtype, device=h.device, generator=generator
+        )
         hk = h.unsqueeze(1).expand(-1, num_particles, -1)
-        return mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * xi + self.residual(torch.cat([hk, xi], -1))
+        return (
+            mu.unsqueeze(1)
+            + torch.exp(0.5 * logvar).unsqueeze(1) * xi
+            + self.residual(torch.cat([hk, xi], -1))
+        )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # the model
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
-def fitted_gaussian(z: torch.Tensor, inflate: float = 2.0, min_var: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def fitted_gaussian(
+    z: torch.Tensor, inflate: float = 2.0, min_var: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""A diagonal Gaussian fitted to particles ``z`` ``(..., K, d)``: ``(q_mean, q_logvar)``, each ``(..., d)``.
 
     Mean = particle mean; variance = ``inflate`` times the unbiased particle variance (``K >= 2``), floored at
@@ -120,8 +158,11 @@ def fitted_gaussian(z: torch.Tensor, inflate: float = 2.0, min_var: float = 1e-4
     keeps importance weights bounded; any choice gives a valid bound, only its tightness changes.
     """
     if z.dim() < 2 or z.shape[-2] < 2:
-        raise ValueError(f"z must have shape (..., K, d) with K >= 2: fitting a Gaussian needs at least 2 particles "
-                         f"per set, got shape {tuple(z.shape)}")
+        raise ValueError(
+            "z must have shape (..., K, d) with K >= 2: fitting a Gaussian "
+            "needs at least 2 particles "
+            f"per set, got shape {tuple(z.shape)}"
+        )
     check_finite("z", z.detach())
     check_number("inflate", inflate, 0.0, strict=True)
     check_number("min_var", min_var, 0.0, strict=True)
@@ -151,20 +192,39 @@ class LDCVAE(BatchMixin, nn.Module):
     (mean particle s.d. per coordinate).
     """
 
-    def __init__(self, enc: ParticleEncoder, dec: nn.Module, latent_dim: int | None = None, num_particles: int = 8,
-                 lam: float = 1.0, rule: str = "code", binarize: str | None = "dynamic", backend: str = "auto"):
+    def __init__(
+        self,
+        enc: ParticleEncoder,
+        dec: nn.Module,
+        latent_dim: int | None = None,
+        num_particles: int = 8,
+        lam: float = 1.0,
+        rule: str = "code",
+        binarize: str | None = "dynamic",
+        backend: str = "auto",
+    ):
         super().__init__()
         self.backend = _check_backend(backend)
         check_int("num_particles", num_particles, 2)
         check_number("lam", lam, 0.0, strict=True)
         if rule not in BANDWIDTH_RULES:
-            raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
+            raise ValueError(
+                f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}"
+            )
         if binarize not in (None, "dynamic"):
-            raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
+            raise ValueError(
+                f"binarize must be None or 'dynamic', got {binarize!r}"
+            )
         self.enc, self.dec = enc, dec
-        self.latent_dim = latent_dim if latent_dim is not None else enc.latent_dim
-        self.num_particles, self.lam, self.rule, self.binarize = num_particles, float(lam), rule, binarize
-
+        self.latent_dim = (
+            latent_dim if latent_dim is not None else enc.latent_dim
+        )
+        self.num_particles, self.lam, self.rule, self.binarize = (
+            num_particles,
+            float(lam),
+            rule,
+            binarize,
+        )
 
     def prior(self) -> Independent:
         zero = torch.zeros(self.latent_dim, device=self._device())
@@ -174,35 +234,66 @@ class LDCVAE(BatchMixin, nn.Module):
         """:math:`\\log p_\\theta(x\\mid z_k)` for ``x`` ``(B, ...)`` and particles ``z`` ``(B, K, d)``: ``(B, K)``."""
         return self.dec(z).log_prob(x.unsqueeze(1))
 
-    def gibbs_score(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gibbs_score(
+        self, x: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Score of the Gibbs posterior (eq. ``ch07-gibbs-score``) at particles ``z`` ``(B, K, d)``:
         :math:`-z+\lambda\nabla_z\log p_\theta(x\mid z)`. Returns ``(score, log_lik)`` with ``log_lik`` ``(B, K)``
         still attached to the decoder's graph (so the decoder loss reuses the same forward pass)."""
         with torch.enable_grad():
             zr = z.detach().requires_grad_(True)
             ll = self.dec(zr).log_prob(x.unsqueeze(1))
-            (g,) = torch.autograd.grad(ll.sum(), zr, retain_graph=torch.is_grad_enabled())
+            (g,) = torch.autograd.grad(
+                ll.sum(), zr, retain_graph=torch.is_grad_enabled()
+            )
         return -zr.detach() + self.lam * g, ll
 
     def loss(self, batch):
         x = self._prepare(batch)
-        z = self.enc(x, self.num_particles)  # (B, K, d), attached to the encoder
+        z = self.enc(
+            x, self.num_particles
+        )  # (B, K, d), attached to the encoder
         score, ll = self.gibbs_score(x, z)
-        surrogate, phi = amortized_svgd_loss(z, score, rule=self.rule, return_direction=True, backend=self.backend)
+        surrogate, phi = amortized_svgd_loss(
+            z,
+            score,
+            rule=self.rule,
+            return_direction=True,
+            backend=self.backend,
+        )
         rec = ll.mean()
         loss = surrogate - rec
-        return loss, {"loss": loss.item(), "rec": rec.item(), "phi_norm": phi.norm(dim=-1).mean().item(),
-                      "surrogate": surrogate.item(), "spread": z.detach().std(dim=1).mean().item()}
+        return loss, {
+            "loss": loss.item(),
+            "rec": rec.item(),
+            "phi_norm": phi.norm(dim=-1).mean().item(),
+            "surrogate": surrogate.item(),
+            "spread": z.detach().std(dim=1).mean().item(),
+        }
 
     @torch.no_grad()
-    def particles(self, x: torch.Tensor, num_particles: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def particles(
+        self,
+        x: torch.Tensor,
+        num_particles: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """``(B, K, d)`` encoder particles for ``x`` (no training, no binarisation)."""
-        return self.enc(x.to(self._device()), num_particles or self.num_particles, generator=generator)
+        return self.enc(
+            x.to(self._device()),
+            num_particles or self.num_particles,
+            generator=generator,
+        )
 
     @torch.no_grad()
-    def log_weights(self, x: torch.Tensor, num_samples: int, proposal: str = "fitted",
-                    num_fit: int | None = None, inflate: float = 2.0) -> torch.Tensor:
+    def log_weights(
+        self,
+        x: torch.Tensor,
+        num_samples: int,
+        proposal: str = "fitted",
+        num_fit: int | None = None,
+        inflate: float = 2.0,
+    ) -> torch.Tensor:
         r"""Importance log-weights :math:`\log p_\theta(x,z_s)-\log r(z_s\mid x)`, ``(num_samples, B)``.
 
         ``proposal="fitted"``: :math:`r` = :func:`fitted_gaussian` of ``num_fit`` (default ``2 * K``) fresh encoder
@@ -217,27 +308,37 @@ class LDCVAE(BatchMixin, nn.Module):
             z = prior.sample((num_samples, x.shape[0]))
             return self.dec(z).log_prob(x)
         if proposal != "fitted":
-            raise ValueError(f"proposal must be 'fitted' or 'prior', got {proposal!r}")
-        q_mean, q_logvar = fitted_gaussian(self.particles(x, num_fit or 2 * self.num_particles), inflate)
+            raise ValueError(
+                f"proposal must be 'fitted' or 'prior', got {proposal!r}"
+            )
+        q_mean, q_logvar = fitted_gaussian(
+            self.particles(x, num_fit or 2 * self.num_particles), inflate
+        )
         q = Independent(Normal(q_mean, torch.exp(0.5 * q_logvar)), 1)
         z = q.sample((num_samples,))
         return self.dec(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` images decoded from prior samples (pixel means)."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self._device())
+        z = torch.randn(n, self.latent_dim, generator=generator).to(
+            self._device()
+        )
         return self.dec.mean(z)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def reconstruct(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Decoded particle means (one particle per image)."""
         return self.dec.mean(self.particles(x, 1, generator)[:, 0])
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # latent distribution consistency: MMD and KSD with standard errors
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def u_statistic(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +358,10 @@ def u_statistic(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     n = H.shape[-1]
     if H.ndim != 2 or H.shape[0] != n or n < 4:
-        raise ValueError(f"H must be a square (n, n) matrix with n >= 4, got {tuple(H.shape)}")
+        raise ValueError(
+            "H must be a square (n, n) matrix with n >= 4, got "
+            f"{tuple(H.shape)}"
+        )
     check_finite("H", H.detach())
     H = H.double()
     off = H - torch.diag_embed(torch.diagonal(H))
@@ -265,7 +369,11 @@ def u_statistic(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     T = S.sum()
     Q = off.square().sum()
     C = S.square().sum() - Q
-    n2, n3, n4 = n * (n - 1), n * (n - 1) * (n - 2), n * (n - 1) * (n - 2) * (n - 3)
+    n2, n3, n4 = (
+        n * (n - 1),
+        n * (n - 1) * (n - 2),
+        n * (n - 1) * (n - 2) * (n - 3),
+    )
     mu2 = (T * T - 2 * Q - 4 * C) / n4
     zeta1 = C / n3 - mu2
     zeta2 = Q / n2 - mu2
@@ -273,7 +381,9 @@ def u_statistic(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return T / n2, var.sqrt()
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth=None, return_se: bool = False):
+def mmd(
+    x: torch.Tensor, y: torch.Tensor, bandwidth=None, return_se: bool = False
+):
     r"""Unbiased squared maximum mean discrepancy with the RBF kernel :math:`k(a,b)=\exp(-\|a-b\|^2/h)`
     (Chapter 7, eq. ``ch07-mmd``), for equal-size samples ``x``, ``y`` ``(n, d)``:
 
@@ -286,20 +396,32 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth=None, return_se: bool = Fals
     ``(mmd2, se)`` with the standard error of :func:`u_statistic`; else ``mmd2`` (0-d tensors, float64).
     """
     if x.ndim != 2 or x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape (n, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must have the same shape (n, d), got {tuple(x.shape)} "
+            f"and {tuple(y.shape)}"
+        )
     check_finite("x", x.detach())
     check_finite("y", y.detach())
     x, y = x.double(), y.double()
-    h = median_bandwidth(y, rule="ksd") if bandwidth is None else torch.as_tensor(bandwidth, dtype=torch.float64)
+    h = (
+        median_bandwidth(y, rule="ksd")
+        if bandwidth is None
+        else torch.as_tensor(bandwidth, dtype=torch.float64)
+    )
     if not (h.dim() == 0 and bool(torch.isfinite(h)) and h.item() > 0):
-        raise ValueError(f"bandwidth must be a number > 0 and finite (h in exp(-|a-b|^2/h)) or None, got {bandwidth!r}")
+        raise ValueError(
+            "bandwidth must be a number > 0 and finite (h in "
+            f"exp(-|a-b|^2/h)) or None, got {bandwidth!r}"
+        )
     kxy = rbf_kernel(x, y, h)
     H = rbf_kernel(x, x, h) + rbf_kernel(y, y, h) - kxy - kxy.T
     u, se = u_statistic(H)
     return (u, se) if return_se else u
 
 
-def ksd_with_se(x: torch.Tensor, score, bandwidth) -> tuple[torch.Tensor, torch.Tensor]:
+def ksd_with_se(
+    x: torch.Tensor, score, bandwidth
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The KSD U-statistic of :func:`vaebook.svgd.ksd` (Chapter 6, eq. ``ch06-ksd-rbf``) at bandwidth ``h`` with the
     standard error of :func:`u_statistic`; ``x`` ``(n, d)``, ``score`` a tensor or callable. Dense, :math:`O(n^2)`."""
     x = x.double()
@@ -307,44 +429,89 @@ def ksd_with_se(x: torch.Tensor, score, bandwidth) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def latent_consistency(z_agg: torch.Tensor, generator: torch.Generator | None = None, bandwidth=None) -> dict:
+def latent_consistency(
+    z_agg: torch.Tensor,
+    generator: torch.Generator | None = None,
+    bandwidth=None,
+) -> dict:
     r"""How far an aggregate-posterior sample ``z_agg`` ``(n, d)`` is from the prior :math:`\mathcal N(0,I)`:
     ``{"mmd2", "mmd2_se", "ksd", "ksd_se", "h", "mean_norm", "var_mean"}``. MMD against ``n`` fresh prior samples
     (drawn with ``generator``); KSD with the prior score :math:`-z`. Both use one bandwidth ``h`` (default: the
     ``"ksd"`` median rule on the prior sample, which depends only on ``n`` and ``d``), so models are comparable."""
     if z_agg.dim() != 2 or z_agg.shape[0] < 4:
-        raise ValueError(f"z_agg must have shape (n, d) with n >= 4, got {tuple(z_agg.shape)}")
+        raise ValueError(
+            "z_agg must have shape (n, d) with n >= 4, got "
+            f"{tuple(z_agg.shape)}"
+        )
     z_agg = z_agg.double().cpu()
     prior = torch.randn(z_agg.shape, generator=generator, dtype=torch.float64)
-    h = median_bandwidth(prior, rule="ksd") if bandwidth is None else torch.as_tensor(bandwidth, dtype=torch.float64)
+    h = (
+        median_bandwidth(prior, rule="ksd")
+        if bandwidth is None
+        else torch.as_tensor(bandwidth, dtype=torch.float64)
+    )
     m, m_se = mmd(z_agg, prior, h, return_se=True)
     k, k_se = ksd_with_se(z_agg, -z_agg, h)
-    return {"mmd2": m.item(), "mmd2_se": m_se.item(), "ksd": k.item(), "ksd_se": k_se.item(), "h": float(h),
-            "mean_norm": z_agg.mean(0).norm().item(), "var_mean": z_agg.var(0).mean().item()}
+    return {
+        "mmd2": m.item(),
+        "mmd2_se": m_se.item(),
+        "ksd": k.item(),
+        "ksd_se": k_se.item(),
+        "h": float(h),
+        "mean_norm": z_agg.mean(0).norm().item(),
+        "var_mean": z_agg.var(0).mean().item(),
+    }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # the checkpoint ch07_ldc
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
-#: settings of the shipped checkpoint; the decoder is Chapter 1's ch01_vae50 architecture
-CONFIG = dict(latent_dim=50, hidden=(200, 200), head_hidden=(200,), activation="tanh", num_particles=8, lam=1.0,
-              num_epochs=150, batch_size=100, lr=1e-3, lr_final=1e-4, seed=0, eval_k=5000, eval_num_test=1000,
-              monitor_num_test=500)
+# : settings of the shipped checkpoint; the decoder is Chapter 1's ch01_vae50
+# architecture
+CONFIG = dict(
+    latent_dim=50,
+    hidden=(200, 200),
+    head_hidden=(200,),
+    activation="tanh",
+    num_particles=8,
+    lam=1.0,
+    num_epochs=150,
+    batch_size=100,
+    lr=1e-3,
+    lr_final=1e-4,
+    seed=0,
+    eval_k=5000,
+    eval_num_test=1000,
+    monitor_num_test=500,
+)
 
 
-def build(latent_dim: int = CONFIG["latent_dim"], hidden=CONFIG["hidden"], head_hidden=CONFIG["head_hidden"],
-          activation: str = CONFIG["activation"], num_particles: int = CONFIG["num_particles"],
-          lam: float = CONFIG["lam"]) -> LDCVAE:
+def build(
+    latent_dim: int = CONFIG["latent_dim"],
+    hidden=CONFIG["hidden"],
+    head_hidden=CONFIG["head_hidden"],
+    activation: str = CONFIG["activation"],
+    num_particles: int = CONFIG["num_particles"],
+    lam: float = CONFIG["lam"],
+) -> LDCVAE:
     """The untrained model of the ``ch07_ldc`` checkpoint: a :class:`ParticleEncoder` with Chapter 1's trunk
     (784-200-200) and a Bernoulli decoder 50-200-200-784 (tanh), ``K = 8`` particles, :math:`\\lambda=1`."""
     enc = ParticleEncoder(784, latent_dim, hidden, head_hidden, activation)
-    dec = BernoulliDecoder(latent_dim, (1, 28, 28), tuple(reversed(hidden)), activation)
+    dec = BernoulliDecoder(
+        latent_dim, (1, 28, 28), tuple(reversed(hidden)), activation
+    )
     return LDCVAE(enc, dec, latent_dim, num_particles=num_particles, lam=lam)
 
 
-def train(out, num_epochs: int | None = None, progress: bool = True, num_train: int | None = None,
-          eval_k: int | None = None, eval_num_test: int | None = None) -> tuple[LDCVAE, dict]:
+def train(
+    out,
+    num_epochs: int | None = None,
+    progress: bool = True,
+    num_train: int | None = None,
+    eval_k: int | None = None,
+    eval_num_test: int | None = None,
+) -> tuple[LDCVAE, dict]:
     """Train :func:`build` exactly like Chapter 1's ``ch01_vae50`` (same data, batches, Adam with the learning rate
     decaying from 1e-3 to 1e-4, epochs), evaluate it and save it to ``out`` with its metadata (history, bounds,
     latent consistency, wall time). Returns ``(model, meta)``. The smaller arguments are for smoke tests."""
@@ -362,33 +529,65 @@ def train(out, num_epochs: int | None = None, progress: bool = True, num_train: 
         x_train = x_train[:num_train]
     x_test, _ = load_mnist("test", binarize="static")
     gen = torch.Generator().manual_seed(cfg["seed"])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=cfg["batch_size"],
-                                         shuffle=True, generator=gen)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_train),
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        generator=gen,
+    )
     model = build()
     model.dec.init_bias(x_train)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, (cfg["lr_final"] / cfg["lr"]) ** (1.0 / max(epochs, 1)))
+    sched = torch.optim.lr_scheduler.ExponentialLR(
+        opt, (cfg["lr_final"] / cfg["lr"]) ** (1.0 / max(epochs, 1))
+    )
     monitor = x_test[: cfg["monitor_num_test"]]
 
     def val_fn(m, x):
         return {"rec": m.log_lik(x, m.particles(x)).mean().item()}
 
-    hist = fit(model, loader, epochs, optimizer=opt, scheduler=sched, val_data=monitor, val_fn=val_fn,
-               seed=cfg["seed"], progress=progress)
+    hist = fit(
+        model,
+        loader,
+        epochs,
+        optimizer=opt,
+        scheduler=sched,
+        val_data=monitor,
+        val_fn=val_fn,
+        seed=cfg["seed"],
+        progress=progress,
+    )
     t0 = time.perf_counter()
     torch.manual_seed(1)
     ev = evaluate(model, x_test[:n_eval], k=k)
-    z_agg = model.particles(x_test[:2000], 1, torch.Generator().manual_seed(2))[:, 0]
+    z_agg = model.particles(
+        x_test[:2000], 1, torch.Generator().manual_seed(2)
+    )[:, 0]
     cons = latent_consistency(z_agg, torch.Generator().manual_seed(3))
-    meta = {"name": "ch07_ldc", "config": cfg, "backend": model.backend, "num_epochs": epochs,
-            "num_train": len(x_train),
-            "history": hist.to_dict(),
-            "eval": {"test_elbo_fitted": ev["elbo"], "test_elbo_fitted_se": ev["elbo_se"], "test_iwae": ev["iwae"],
-                     "test_iwae_se": ev["iwae_se"], "iwae_k": k, "iwae_num_test": ev["n"], "proposal": "fitted",
-                     "consistency_2000": cons, "eval_seconds": time.perf_counter() - t0},
-            "train_seconds": hist.seconds, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "command": "python -m vaebook.pretrained train ch07_ldc"
-                       + (f" --num-epochs {epochs}" if num_epochs is not None else "")}
+    meta = {
+        "name": "ch07_ldc",
+        "config": cfg,
+        "backend": model.backend,
+        "num_epochs": epochs,
+        "num_train": len(x_train),
+        "history": hist.to_dict(),
+        "eval": {
+            "test_elbo_fitted": ev["elbo"],
+            "test_elbo_fitted_se": ev["elbo_se"],
+            "test_iwae": ev["iwae"],
+            "test_iwae_se": ev["iwae_se"],
+            "iwae_k": k,
+            "iwae_num_test": ev["n"],
+            "proposal": "fitted",
+            "consistency_2000": cons,
+            "eval_seconds": time.perf_counter() - t0,
+        },
+        "train_seconds": hist.seconds,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "command": "python -m vaebook.pretrained train ch07_ldc"
+        + (f" --num-epochs {epochs}" if num_epochs is not None else ""),
+    }
     save_checkpoint(model, Path(out), **meta)
     return model, meta

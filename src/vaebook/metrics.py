@@ -3,6 +3,7 @@
 Both work for any model with ``log_weights(x, num_samples) -> (num_samples, B)`` (the log importance weights
 :math:`\\log p_\\theta(x,z_s)-\\log q_\\phi(z_s\\mid x)`, :math:`z_s\\sim q_\\phi(z\\mid x)`).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,9 @@ __all__ = ["iwae_bound", "elbo", "evaluate", "gradient_samples"]
 
 
 @torch.no_grad()
-def iwae_bound(model, x: torch.Tensor, k: int = 5000, chunk_size: int | None = None) -> torch.Tensor:
+def iwae_bound(
+    model, x: torch.Tensor, k: int = 5000, chunk_size: int | None = None
+) -> torch.Tensor:
     r"""Per-example importance-weighted bound :math:`\mathcal L_k(x)=\log\frac1k\sum_{s=1}^k w_s` (Burda et al.).
 
     :math:`\mathcal L_1` is the ELBO; :math:`\mathcal L_k` increases with :math:`k` towards :math:`\log p_\theta(x)`.
@@ -63,8 +66,14 @@ def elbo(model, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, data, k: int | None = None, batch_size: int = 500, chunk_size: int | None = None,
-             progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model,
+    data,
+    k: int | None = None,
+    batch_size: int = 500,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
     """Average ELBO (closed-form KL where the model has it) and, if ``k`` is given, the IWAE bound over ``data``.
 
     ``data`` is a tensor ``(N, ...)`` or a DataLoader. Returns means and standard errors over examples:
@@ -73,7 +82,9 @@ def evaluate(model, data, k: int | None = None, batch_size: int = 500, chunk_siz
     from tqdm.auto import tqdm
 
     check_int("batch_size", batch_size)
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+    if k is not None and (
+        isinstance(k, bool) or not isinstance(k, int) or k < 1
+    ):
         raise ValueError(f"k must be a positive int or None, got {k!r}")
     if torch.is_tensor(data):
         batches = data.split(batch_size)
@@ -84,12 +95,20 @@ def evaluate(model, data, k: int | None = None, batch_size: int = 500, chunk_siz
     was_training = model.training
     model.eval()
     try:
-        for xb in tqdm(batches, disable=not progress, desc="evaluate", leave=False):
+        for xb in tqdm(
+            batches, disable=not progress, desc="evaluate", leave=False
+        ):
             xb = xb.to(device)
-            e = model.elbo(xb)["elbo"] if hasattr(model, "elbo") else elbo(model, xb)
+            e = (
+                model.elbo(xb)["elbo"]
+                if hasattr(model, "elbo")
+                else elbo(model, xb)
+            )
             elbos.append(e.cpu())
             if k is not None:
-                iwaes.append(iwae_bound(model, xb, k=k, chunk_size=chunk_size).cpu())
+                iwaes.append(
+                    iwae_bound(model, xb, k=k, chunk_size=chunk_size).cpu()
+                )
     finally:
         model.train(was_training)
     out: dict[str, float] = {}
@@ -118,5 +137,12 @@ def gradient_samples(loss_fn, params, repeats: int = 100) -> torch.Tensor:
     rows = []
     for _ in range(repeats):
         grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).flatten()
+                    for p, g in zip(params, grads)
+                ]
+            )
+        )
     return torch.stack(rows)

@@ -40,6 +40,7 @@ Zero mixture weights are honoured when given as ``-inf`` logits (``Categorical(l
 ``Categorical(probs=...)`` clamps probabilities to the float epsilon, so a zero probability becomes a tiny positive
 weight (about ``log(2e-16) = -36`` nats in float64), which matters for the matched bound.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,7 +48,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Independent, MixtureSameFamily, MultivariateNormal, Normal
+from torch.distributions import (
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+)
 from .divergences import _sq_over_var
 from .utils import check_int
 
@@ -60,8 +66,17 @@ __all__ = [
     "durrieu_bounds",
 ]
 
-METHODS = ("mc", "gaussian", "product", "matched", "variational", "variational_upper", "unscented",
-           "goldberger", "min_pair")
+METHODS = (
+    "mc",
+    "gaussian",
+    "product",
+    "matched",
+    "variational",
+    "variational_upper",
+    "unscented",
+    "goldberger",
+    "min_pair",
+)
 
 _OPTIONS = {
     "mc": {"num_samples", "generator", "seed", "return_stderr"},
@@ -78,15 +93,18 @@ _OPTIONS = {
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Internal representation: stacked component parameters, aligned on the right (..., K, d).
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
+# Internal representation: stacked component parameters, aligned on the right
+# (..., K, d).
+# -----------------------------------------------------------------------------
 @dataclass
 class _Comps:
     loc: torch.Tensor  # (..., K, d)
     diag: bool
     log_var: torch.Tensor | None = None  # (..., K, d) when diag
-    tril: torch.Tensor | None = None  # (..., K, d, d) when full (Cholesky factor of the covariance)
+    tril: torch.Tensor | None = (
+        None  # (..., K, d, d) when full (Cholesky factor of the covariance)
+    )
 
     @property
     def dim(self) -> int:
@@ -99,7 +117,11 @@ class _Comps:
     def to_full(self) -> "_Comps":
         if not self.diag:
             return self
-        return _Comps(self.loc, False, tril=torch.diag_embed(torch.exp(0.5 * self.log_var)))
+        return _Comps(
+            self.loc,
+            False,
+            tril=torch.diag_embed(torch.exp(0.5 * self.log_var)),
+        )
 
     def cov(self) -> torch.Tensor:
         if self.diag:
@@ -109,13 +131,15 @@ class _Comps:
     def logdet(self) -> torch.Tensor:  # (..., K)
         if self.diag:
             return self.log_var.sum(-1)
-        return 2.0 * torch.log(torch.diagonal(self.tril, dim1=-2, dim2=-1)).sum(-1)
+        return 2.0 * torch.log(
+            torch.diagonal(self.tril, dim1=-2, dim2=-1)
+        ).sum(-1)
 
     def entropy(self) -> torch.Tensor:  # (..., K)
         return 0.5 * (self.dim * (_LOG_2PI + 1.0) + self.logdet())
 
     def cast(self, dtype) -> "_Comps":
-        f = (lambda t: None if t is None else t.to(dtype))
+        f = lambda t: None if t is None else t.to(dtype)
         return _Comps(f(self.loc), self.diag, f(self.log_var), f(self.tril))
 
 
@@ -123,9 +147,14 @@ def _components(name: str, comp) -> _Comps:
     """Convert a component distribution (batch shape (..., K)) to stacked parameters, validating it."""
     if isinstance(comp, Independent) and isinstance(comp.base_dist, Normal):
         if comp.reinterpreted_batch_ndims != 1:
-            raise ValueError(f"{name}: Independent(Normal) components must have reinterpreted_batch_ndims=1 "
-                             f"(a vector event), got {comp.reinterpreted_batch_ndims}")
-        loc, scale = torch.broadcast_tensors(comp.base_dist.loc, comp.base_dist.scale)
+            raise ValueError(
+                f"{name}: Independent(Normal) components must have "
+                "reinterpreted_batch_ndims=1 "
+                f"(a vector event), got {comp.reinterpreted_batch_ndims}"
+            )
+        loc, scale = torch.broadcast_tensors(
+            comp.base_dist.loc, comp.base_dist.scale
+        )
         _check_scale(name, scale, "scale")
         return _Comps(loc, True, log_var=2.0 * torch.log(scale))
     if isinstance(comp, MultivariateNormal):
@@ -139,10 +168,21 @@ def _components(name: str, comp) -> _Comps:
     if isinstance(comp, Normal):  # univariate components: a 1-D mixture
         loc, scale = torch.broadcast_tensors(comp.loc, comp.scale)
         _check_scale(name, scale, "scale")
-        return _Comps(loc.unsqueeze(-1), True, log_var=2.0 * torch.log(scale).unsqueeze(-1))
-    raise TypeError(f"{name}: components must be Independent(Normal, 1), MultivariateNormal or (1-D) Normal, "
-                    f"got {type(comp).__name__}"
-                    + (f"({type(comp.base_dist).__name__})" if isinstance(comp, Independent) else ""))
+        return _Comps(
+            loc.unsqueeze(-1),
+            True,
+            log_var=2.0 * torch.log(scale).unsqueeze(-1),
+        )
+    raise TypeError(
+        f"{name}: components must be Independent(Normal, 1), "
+        "MultivariateNormal or (1-D) Normal, "
+        f"got {type(comp).__name__}"
+        + (
+            f"({type(comp.base_dist).__name__})"
+            if isinstance(comp, Independent)
+            else ""
+        )
+    )
 
 
 def _check_scale(name: str, scale: torch.Tensor, what: str) -> None:
@@ -153,15 +193,24 @@ def _check_scale(name: str, scale: torch.Tensor, what: str) -> None:
 def _mixture(name: str, mix) -> tuple[torch.Tensor, _Comps]:
     """(log weights (..., K), components) of a MixtureSameFamily, validated."""
     if not isinstance(mix, MixtureSameFamily):
-        raise TypeError(f"{name} must be a torch.distributions.MixtureSameFamily, got {type(mix).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.distributions.MixtureSameFamily, got "
+            f"{type(mix).__name__}"
+        )
     comps = _components(name, mix.component_distribution)
     logits = mix.mixture_distribution.logits  # normalised log-probabilities
     if logits.shape[-1] < 1 or comps.dim < 1:
-        raise ValueError(f"{name} is an empty mixture ({logits.shape[-1]} components of dimension {comps.dim}): "
-                         f"kl_gmm needs K >= 1 components and event dimension D >= 1")
+        raise ValueError(
+            f"{name} is an empty mixture ({logits.shape[-1]} components of "
+            f"dimension {comps.dim}): "
+            f"kl_gmm needs K >= 1 components and event dimension D >= 1"
+        )
     if logits.numel() == 0:
-        raise ValueError(f"{name} has an empty batch shape {tuple(logits.shape[:-1])}: kl_gmm needs every batch "
-                         f"dimension >= 1 (at least one mixture)")
+        raise ValueError(
+            f"{name} has an empty batch shape {tuple(logits.shape[:-1])}: "
+            "kl_gmm needs every batch "
+            f"dimension >= 1 (at least one mixture)"
+        )
     if torch.isnan(logits).any():
         raise ValueError(f"{name}: mixture weights contain NaN")
     log_w = torch.log_softmax(logits, -1)
@@ -174,14 +223,23 @@ def _prepare(q, p):
     log_pi, fq = _mixture("q", q)
     log_om, gp = _mixture("p", p)
     if fq.dim != gp.dim:
-        raise ValueError(f"q and p must have the same event dimension, got q: {fq.dim}, p: {gp.dim}")
+        raise ValueError(
+            f"q and p must have the same event dimension, got q: {fq.dim}, p: "
+            f"{gp.dim}"
+        )
     try:
         batch = torch.broadcast_shapes(log_pi.shape[:-1], log_om.shape[:-1])
     except RuntimeError:
-        raise ValueError(f"the batch shapes of q {tuple(log_pi.shape[:-1])} and p {tuple(log_om.shape[:-1])} "
-                         f"do not broadcast") from None
+        raise ValueError(
+            f"the batch shapes of q {tuple(log_pi.shape[:-1])} and p "
+            f"{tuple(log_om.shape[:-1])} "
+            f"do not broadcast"
+        ) from None
     if fq.loc.device != gp.loc.device:
-        raise ValueError(f"q and p must be on the same device, got {fq.loc.device} and {gp.loc.device}")
+        raise ValueError(
+            f"q and p must be on the same device, got {fq.loc.device} and "
+            f"{gp.loc.device}"
+        )
     dtype = torch.promote_types(fq.loc.dtype, gp.loc.dtype)
     fq, gp = fq.cast(dtype), gp.cast(dtype)
     log_pi, log_om = log_pi.to(dtype), log_om.to(dtype)
@@ -190,27 +248,43 @@ def _prepare(q, p):
     return log_pi, fq, log_om, gp, batch
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # Closed-form pairwise quantities
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 def _pairwise_kl(f: _Comps, g: _Comps) -> torch.Tensor:
     """D(f_a || g_b) for all pairs: (..., A, B)."""
     if f.diag and g.diag:
-        lva, lvb = f.log_var.unsqueeze(-2), g.log_var.unsqueeze(-3)  # (..., A, 1, d), (..., 1, B, d)
+        lva, lvb = (
+            f.log_var.unsqueeze(-2),
+            g.log_var.unsqueeze(-3),
+        )  # (..., A, 1, d), (..., 1, B, d)
         dlv = lva - lvb
-        sq = _sq_over_var(f.loc.unsqueeze(-2) - g.loc.unsqueeze(-3), lvb)  # no 0 * inf at tiny variances
+        sq = _sq_over_var(
+            f.loc.unsqueeze(-2) - g.loc.unsqueeze(-3), lvb
+        )  # no 0 * inf at tiny variances
         return 0.5 * (torch.expm1(dlv) - dlv + sq).sum(-1)
     f, g = f.to_full(), g.to_full()
     d = f.dim
-    la, lb = f.tril.unsqueeze(-3), g.tril.unsqueeze(-4)  # (..., A, 1, d, d), (..., 1, B, d, d)
+    la, lb = (
+        f.tril.unsqueeze(-3),
+        g.tril.unsqueeze(-4),
+    )  # (..., A, 1, d, d), (..., 1, B, d, d)
     shape = torch.broadcast_shapes(la.shape, lb.shape)
     la, lb = la.expand(shape), lb.expand(shape)
-    diff = (g.loc.unsqueeze(-3) - f.loc.unsqueeze(-2)).expand(shape[:-1]).unsqueeze(-1)
+    diff = (
+        (g.loc.unsqueeze(-3) - f.loc.unsqueeze(-2))
+        .expand(shape[:-1])
+        .unsqueeze(-1)
+    )
     a = torch.linalg.solve_triangular(lb, la, upper=False)
     b = torch.linalg.solve_triangular(lb, diff, upper=False)
     logdet_a = torch.log(torch.diagonal(la, dim1=-2, dim2=-1)).sum(-1)
     logdet_b = torch.log(torch.diagonal(lb, dim1=-2, dim2=-1)).sum(-1)
-    return 0.5 * (a.pow(2).sum((-1, -2)) + b.pow(2).sum((-1, -2)) - d) + logdet_b - logdet_a
+    return (
+        0.5 * (a.pow(2).sum((-1, -2)) + b.pow(2).sum((-1, -2)) - d)
+        + logdet_b
+        - logdet_a
+    )
 
 
 def _pairwise_log_overlap(f: _Comps, g: _Comps) -> torch.Tensor:
@@ -222,7 +296,11 @@ def _pairwise_log_overlap(f: _Comps, g: _Comps) -> torch.Tensor:
     f, g = f.to_full(), g.to_full()
     s = f.cov().unsqueeze(-3) + g.cov().unsqueeze(-4)
     chol = torch.linalg.cholesky(s)
-    diff = (f.loc.unsqueeze(-2) - g.loc.unsqueeze(-3)).expand(s.shape[:-1]).unsqueeze(-1)
+    diff = (
+        (f.loc.unsqueeze(-2) - g.loc.unsqueeze(-3))
+        .expand(s.shape[:-1])
+        .unsqueeze(-1)
+    )
     z = torch.linalg.solve_triangular(chol, diff, upper=False)
     logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return -0.5 * (f.dim * _LOG_2PI + logdet + z.pow(2).sum((-1, -2)))
@@ -231,18 +309,29 @@ def _pairwise_log_overlap(f: _Comps, g: _Comps) -> torch.Tensor:
 def _component_log_prob(c: _Comps, x: torch.Tensor) -> torch.Tensor:
     """log N(x_n; mu_k, Sigma_k) for points x (..., N, d): (..., N, K)."""
     if c.diag:
-        z = (x.unsqueeze(-2) - c.loc.unsqueeze(-3)) * torch.exp(-0.5 * c.log_var).unsqueeze(-3)  # (..., N, K, d)
+        z = (x.unsqueeze(-2) - c.loc.unsqueeze(-3)) * torch.exp(
+            -0.5 * c.log_var
+        ).unsqueeze(-3)  # (..., N, K, d)
         const = -0.5 * (c.dim * _LOG_2PI + c.log_var.sum(-1))  # (..., K)
         return const.unsqueeze(-2) - 0.5 * z.pow(2).sum(-1)
-    diff = x.unsqueeze(-3).transpose(-1, -2) - c.loc.unsqueeze(-1)  # (..., K, d, N)
+    diff = x.unsqueeze(-3).transpose(-1, -2) - c.loc.unsqueeze(
+        -1
+    )  # (..., K, d, N)
     shape = torch.broadcast_shapes(diff.shape[:-2], c.tril.shape[:-2])
-    z = torch.linalg.solve_triangular(c.tril.expand(*shape, c.dim, c.dim), diff.expand(*shape, *diff.shape[-2:]),
-                                      upper=False)
+    z = torch.linalg.solve_triangular(
+        c.tril.expand(*shape, c.dim, c.dim),
+        diff.expand(*shape, *diff.shape[-2:]),
+        upper=False,
+    )
     maha = z.pow(2).sum(-2)  # (..., K, N)
-    return (-0.5 * (c.dim * _LOG_2PI + maha) - 0.5 * c.logdet().unsqueeze(-1)).transpose(-1, -2)
+    return (
+        -0.5 * (c.dim * _LOG_2PI + maha) - 0.5 * c.logdet().unsqueeze(-1)
+    ).transpose(-1, -2)
 
 
-def _mixture_log_prob(log_w: torch.Tensor, c: _Comps, x: torch.Tensor) -> torch.Tensor:
+def _mixture_log_prob(
+    log_w: torch.Tensor, c: _Comps, x: torch.Tensor
+) -> torch.Tensor:
     """log sum_k w_k N(x_n; mu_k, Sigma_k) for x (..., N, d): (..., N)."""
     return torch.logsumexp(log_w.unsqueeze(-2) + _component_log_prob(c, x), -1)
 
@@ -268,9 +357,15 @@ def pairwise_kl(q_components, p_components) -> torch.Tensor:
             Diagonal pairs use the closed form of Chapter 1 (written with ``expm1`` so it is exactly 0 on the
             diagonal of ``pairwise_kl(f, f)``); otherwise Cholesky factors and triangular solves.
     """
-    f, g = _as_components("q_components", q_components), _as_components("p_components", p_components)
+    f, g = (
+        _as_components("q_components", q_components),
+        _as_components("p_components", p_components),
+    )
     if f.dim != g.dim:
-        raise ValueError(f"q_components and p_components must have the same event dimension, got {f.dim} and {g.dim}")
+        raise ValueError(
+            "q_components and p_components must have the same event "
+            f"dimension, got {f.dim} and {g.dim}"
+        )
     if f.diag != g.diag:
         f, g = f.to_full(), g.to_full()
     return _pairwise_kl(f, g)
@@ -281,15 +376,23 @@ def log_overlaps(q_components, p_components) -> torch.Tensor:
 
     Used by the product-of-Gaussians approximation and the Durrieu bounds. Arguments as in :func:`pairwise_kl`.
     """
-    f, g = _as_components("q_components", q_components), _as_components("p_components", p_components)
+    f, g = (
+        _as_components("q_components", q_components),
+        _as_components("p_components", p_components),
+    )
     if f.dim != g.dim:
-        raise ValueError(f"q_components and p_components must have the same event dimension, got {f.dim} and {g.dim}")
+        raise ValueError(
+            "q_components and p_components must have the same event "
+            f"dimension, got {f.dim} and {g.dim}"
+        )
     if f.diag != g.diag:
         f, g = f.to_full(), g.to_full()
     return _pairwise_log_overlap(f, g)
 
 
-def log_responsibilities(mixture: MixtureSameFamily, x: torch.Tensor) -> torch.Tensor:
+def log_responsibilities(
+    mixture: MixtureSameFamily, x: torch.Tensor
+) -> torch.Tensor:
     r"""Log component posteriors :math:`\log f(a\mid x)=\log\pi_af_a(x)-\log f(x)`: ``x.shape[:-event] + (K,)``.
 
     ``x`` follows the ``torch.distributions`` convention: shape ``sample_shape + batch_shape + event_shape``.
@@ -297,35 +400,51 @@ def log_responsibilities(mixture: MixtureSameFamily, x: torch.Tensor) -> torch.T
     :math:`D^\sigma_{\mathrm{match}}-D=\mathbb E_{x\sim f}\,\mathrm{KL}(f(a|x)\,\|\,g_\sigma(a|x))`.
     """
     if not isinstance(mixture, MixtureSameFamily):
-        raise TypeError(f"mixture must be a torch.distributions.MixtureSameFamily, got {type(mixture).__name__}")
+        raise TypeError(
+            "mixture must be a torch.distributions.MixtureSameFamily, got "
+            f"{type(mixture).__name__}"
+        )
     x = torch.as_tensor(x)
     ev = len(mixture.event_shape)
     lp = mixture.component_distribution.log_prob(x.unsqueeze(-1 - ev))
-    return torch.log_softmax(lp + torch.log_softmax(mixture.mixture_distribution.logits, -1), -1)
+    return torch.log_softmax(
+        lp + torch.log_softmax(mixture.mixture_distribution.logits, -1), -1
+    )
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # Methods
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 def _kl_gaussian(log_pi, f: _Comps, log_om, g: _Comps) -> torch.Tensor:
     def moments(log_w, c: _Comps):
         w = log_w.exp()
         mean = (w.unsqueeze(-1) * c.loc).sum(-2)
         dev = c.loc - mean.unsqueeze(-2)
-        cov = (w[..., None, None] * (c.cov() + dev.unsqueeze(-1) * dev.unsqueeze(-2))).sum(-3)
+        cov = (
+            w[..., None, None]
+            * (c.cov() + dev.unsqueeze(-1) * dev.unsqueeze(-2))
+        ).sum(-3)
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         return mean, cov
 
     mf, sf = moments(log_pi, f)
     mg, sg = moments(log_om, g)
-    one_f = _Comps(mf.unsqueeze(-2), False, tril=torch.linalg.cholesky(sf).unsqueeze(-3))
-    one_g = _Comps(mg.unsqueeze(-2), False, tril=torch.linalg.cholesky(sg).unsqueeze(-3))
+    one_f = _Comps(
+        mf.unsqueeze(-2), False, tril=torch.linalg.cholesky(sf).unsqueeze(-3)
+    )
+    one_g = _Comps(
+        mg.unsqueeze(-2), False, tril=torch.linalg.cholesky(sg).unsqueeze(-3)
+    )
     return _pairwise_kl(one_f, one_g)[..., 0, 0]
 
 
 def _kl_product(log_pi, f, log_om, g) -> torch.Tensor:
-    num = torch.logsumexp(log_pi.unsqueeze(-2) + _pairwise_log_overlap(f, f), -1)
-    den = torch.logsumexp(log_om.unsqueeze(-2) + _pairwise_log_overlap(f, g), -1)
+    num = torch.logsumexp(
+        log_pi.unsqueeze(-2) + _pairwise_log_overlap(f, f), -1
+    )
+    den = torch.logsumexp(
+        log_om.unsqueeze(-2) + _pairwise_log_overlap(f, g), -1
+    )
     return _wsum(log_pi, num - den)
 
 
@@ -336,15 +455,20 @@ def _kl_variational(log_pi, f, log_om, g) -> torch.Tensor:
 
 
 def _matched_value(log_pi, log_om_perm, d_perm) -> torch.Tensor:
-    # sum_a pi_a [D(f_a||g_s(a)) + log pi_a - log w_s(a)]; a zero-weight a contributes 0.
+    # sum_a pi_a [D(f_a||g_s(a)) + log pi_a - log w_s(a)]; a zero-weight
+    # a contributes 0.
     return _wsum(log_pi, d_perm + log_pi - log_om_perm)
 
 
 def _check_k(log_pi, log_om, method):
     if log_pi.shape[-1] != log_om.shape[-1]:
-        raise ValueError(f"method={method!r} needs q and p with the same number of components (a one-to-one "
-                         f"matching), got q: {log_pi.shape[-1]}, p: {log_om.shape[-1]}; use "
-                         f"method='variational_upper', which needs no matching")
+        raise ValueError(
+            f"method={method!r} needs q and p with the same number of "
+            "components (a one-to-one "
+            f"matching), got q: {log_pi.shape[-1]}, p: {log_om.shape[-1]}; "
+            "use "
+            f"method='variational_upper', which needs no matching"
+        )
 
 
 def _assign(cost: torch.Tensor) -> torch.Tensor:
@@ -352,9 +476,13 @@ def _assign(cost: torch.Tensor) -> torch.Tensor:
     k = cost.shape[-1]
     c = cost.detach().to(torch.float64)
     if torch.isnan(c).any():
-        raise ValueError("the matching cost contains NaN (check the mixtures' parameters)")
+        raise ValueError(
+            "the matching cost contains NaN (check the mixtures' parameters)"
+        )
     finite = c[torch.isfinite(c)]
-    big = (finite.abs().max().item() + 1.0) * 1e6 * k if finite.numel() else 1.0
+    big = (
+        (finite.abs().max().item() + 1.0) * 1e6 * k if finite.numel() else 1.0
+    )
     c = torch.nan_to_num(c, posinf=big, neginf=-big)
     flat = c.reshape(-1, k, k)
     try:
@@ -364,17 +492,29 @@ def _assign(cost: torch.Tensor) -> torch.Tensor:
     if linear_sum_assignment is not None:
         arr = flat.cpu().numpy()
         perms = [torch.as_tensor(linear_sum_assignment(m)[1]) for m in arr]
-        out = torch.stack(perms) if perms else torch.empty(0, k, dtype=torch.long)
+        out = (
+            torch.stack(perms)
+            if perms
+            else torch.empty(0, k, dtype=torch.long)
+        )
     else:  # pragma: no cover
         if k > 8:
-            raise ValueError("matching='optimal' with more than 8 components needs scipy (linear_sum_assignment)")
-        all_p = torch.tensor(list(itertools.permutations(range(k))), dtype=torch.long)  # (P, K)
+            raise ValueError(
+                "matching='optimal' with more than 8 components needs scipy "
+                "(linear_sum_assignment)"
+            )
+        all_p = torch.tensor(
+            list(itertools.permutations(range(k))), dtype=torch.long
+        )  # (P, K)
         tot = flat[:, torch.arange(k), all_p].sum(-1)  # (N, P)
         out = all_p[tot.argmin(-1)]
-    return out.reshape(cost.shape[:-1]).to(device=cost.device, dtype=torch.long)
+    return out.reshape(cost.shape[:-1]).to(
+        device=cost.device, dtype=torch.long
+    )
 
 
-#: elements of the largest ``(rows, ..., K, d)`` intermediate of one chunk of the matched bound (8 MB in float64)
+# : elements of the largest ``(rows, ..., K, d)`` intermediate of one chunk
+# of the matched bound (8 MB in float64)
 _MATCHED_CHUNK = 1 << 20
 
 
@@ -394,7 +534,11 @@ def _aligned_kl(f: _Comps, g: _Comps) -> torch.Tensor:
     b = torch.linalg.solve_triangular(lb, diff, upper=False)
     logdet_a = torch.log(torch.diagonal(la, dim1=-2, dim2=-1)).sum(-1)
     logdet_b = torch.log(torch.diagonal(lb, dim1=-2, dim2=-1)).sum(-1)
-    return 0.5 * (a.pow(2).sum((-1, -2)) + b.pow(2).sum((-1, -2)) - d) + logdet_b - logdet_a
+    return (
+        0.5 * (a.pow(2).sum((-1, -2)) + b.pow(2).sum((-1, -2)) - d)
+        + logdet_b
+        - logdet_a
+    )
 
 
 def _rows(t: torch.Tensor | None, event: int, nb: int, i0: int, i1: int):
@@ -406,7 +550,12 @@ def _rows(t: torch.Tensor | None, event: int, nb: int, i0: int, i1: int):
 
 
 def _comps_rows(c: _Comps, nb: int, i0: int, i1: int) -> _Comps:
-    return _Comps(_rows(c.loc, 2, nb, i0, i1), c.diag, _rows(c.log_var, 2, nb, i0, i1), _rows(c.tril, 3, nb, i0, i1))
+    return _Comps(
+        _rows(c.loc, 2, nb, i0, i1),
+        c.diag,
+        _rows(c.log_var, 2, nb, i0, i1),
+        _rows(c.tril, 3, nb, i0, i1),
+    )
 
 
 def _gather_comps(c: _Comps, perm: torch.Tensor, batch) -> _Comps:
@@ -414,11 +563,17 @@ def _gather_comps(c: _Comps, perm: torch.Tensor, batch) -> _Comps:
     k, d = c.loc.shape[-2], c.dim
     idx = perm.unsqueeze(-1).expand(*batch, k, d)
     if c.diag:
-        return _Comps(c.loc.expand(*batch, k, d).gather(-2, idx), True,
-                      log_var=c.log_var.expand(*batch, k, d).gather(-2, idx))
+        return _Comps(
+            c.loc.expand(*batch, k, d).gather(-2, idx),
+            True,
+            log_var=c.log_var.expand(*batch, k, d).gather(-2, idx),
+        )
     idx3 = perm[..., None, None].expand(*batch, k, d, d)
-    return _Comps(c.loc.expand(*batch, k, d).gather(-2, idx), False,
-                  tril=c.tril.expand(*batch, k, d, d).gather(-3, idx3))
+    return _Comps(
+        c.loc.expand(*batch, k, d).gather(-2, idx),
+        False,
+        tril=c.tril.expand(*batch, k, d, d).gather(-3, idx3),
+    )
 
 
 def _matched_chunks(batch, per_row: int):
@@ -426,53 +581,102 @@ def _matched_chunks(batch, per_row: int):
     elements of a ``per_row``-sized intermediate; one range when the batch is small (or empty)."""
     rows = batch[0] if len(batch) else 1
     step = max(1, _MATCHED_CHUNK // max(1, per_row * math.prod(batch[1:])))
-    return [(i, min(i + step, rows)) for i in range(0, rows, step)] if len(batch) and rows > step else [(0, rows)]
+    return (
+        [(i, min(i + step, rows)) for i in range(0, rows, step)]
+        if len(batch) and rows > step
+        else [(0, rows)]
+    )
 
 
-def _kl_matched(log_pi, f, log_om, g, batch, matching="given", return_matching=False):
+def _kl_matched(
+    log_pi, f, log_om, g, batch, matching="given", return_matching=False
+):
     _check_k(log_pi, log_om, "matched")
     k = log_pi.shape[-1]
     nb = len(batch)
     pair_elems = f.dim * (1 if f.diag and g.diag else f.dim)
     if isinstance(matching, str):
         if matching not in ("given", "optimal"):
-            raise ValueError(f"matching must be 'given', 'optimal' or a permutation tensor, got {matching!r}")
+            raise ValueError(
+                "matching must be 'given', 'optimal' or a permutation "
+                f"tensor, got {matching!r}"
+            )
         perm = None
         if matching == "optimal":
-            # the cost needs every pair D(f_a || g_b): (rows, K, K, d) per chunk, without autograd (the optimal
-            # matching is piecewise constant; the bound is differentiated at it below)
+            # the cost needs every pair D(f_a || g_b): (rows, K,
+            # K, d) per chunk, without autograd (the optimal
+            # matching is piecewise constant; the bound is
+            # differentiated at it below)
             perms = []
             with torch.no_grad():
                 for i0, i1 in _matched_chunks(batch, k * k * pair_elems):
-                    lp, lo = _rows(log_pi, 1, nb, i0, i1), _rows(log_om, 1, nb, i0, i1)
+                    lp, lo = (
+                        _rows(log_pi, 1, nb, i0, i1),
+                        _rows(log_om, 1, nb, i0, i1),
+                    )
                     bc = (i1 - i0, *batch[1:]) if nb else ()
-                    d = _pairwise_kl(_comps_rows(f, nb, i0, i1), _comps_rows(g, nb, i0, i1)).expand(*bc, k, k)
+                    d = _pairwise_kl(
+                        _comps_rows(f, nb, i0, i1), _comps_rows(g, nb, i0, i1)
+                    ).expand(*bc, k, k)
                     lp, lo = lp.expand(*bc, k), lo.expand(*bc, k)
                     w = lp.exp().unsqueeze(-1)
                     terms = d + lp.unsqueeze(-1) - lo.unsqueeze(-2)
-                    perms.append(_assign(torch.where(w > 0, w * terms, torch.zeros_like(terms))))
+                    perms.append(
+                        _assign(
+                            torch.where(
+                                w > 0, w * terms, torch.zeros_like(terms)
+                            )
+                        )
+                    )
             perm = torch.cat(perms, 0) if nb else perms[0]
     else:
         perm = torch.as_tensor(matching, device=log_pi.device)
-        if perm.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"matching must be an integer tensor of shape (..., {k}), got dtype {perm.dtype}")
+        if perm.dtype not in (
+            torch.int64,
+            torch.int32,
+            torch.int16,
+            torch.int8,
+            torch.uint8,
+        ):
+            raise ValueError(
+                f"matching must be an integer tensor of shape (..., {k}), got "
+                f"dtype {perm.dtype}"
+            )
         perm = perm.long()
         if perm.dim() == 0 or perm.shape[-1] != k:
-            raise ValueError(f"matching must have last dimension K={k}, got shape {tuple(perm.shape)}")
-        if not torch.equal(perm.sort(-1).values, torch.arange(k, device=perm.device).expand_as(perm)):
-            raise ValueError("matching must be a permutation of 0..K-1 along its last dimension")
+            raise ValueError(
+                f"matching must have last dimension K={k}, got shape "
+                f"{tuple(perm.shape)}"
+            )
+        if not torch.equal(
+            perm.sort(-1).values,
+            torch.arange(k, device=perm.device).expand_as(perm),
+        ):
+            raise ValueError(
+                "matching must be a permutation of 0..K-1 along its last "
+                "dimension"
+            )
         try:
             perm = perm.expand(*batch, k)
         except RuntimeError:
-            raise ValueError(f"matching of shape {tuple(perm.shape)} does not broadcast to the batch "
-                             f"shape {tuple(batch)}") from None
-    # The bound itself needs only the matched pairs D(f_a || g_perm(a)), computed in chunks of rows so that the
-    # reference's memory stays a small multiple of its inputs whatever the batch (B = 100,000, K = 10, d = 16 in
-    # the benchmark); every operation is per row, so the chunks give the same numbers as one pass.
+            raise ValueError(
+                f"matching of shape {tuple(perm.shape)} does not broadcast to "
+                "the batch "
+                f"shape {tuple(batch)}"
+            ) from None
+    # The bound itself needs only the matched pairs D(f_a || g_perm(a)),
+    # computed in chunks of rows so that the
+    # reference's memory stays a small multiple of its inputs whatever
+    # the batch (B = 100,000, K = 10, d = 16 in
+    # the benchmark); every operation is per row, so the chunks give the
+    # same numbers as one pass.
     vals = []
     for i0, i1 in _matched_chunks(batch, k * pair_elems):
         bc = (i1 - i0, *batch[1:]) if nb else ()
-        lp, lo = _rows(log_pi, 1, nb, i0, i1).expand(*bc, k), _rows(log_om, 1, nb, i0, i1).expand(*bc, k)
+        lp, lo = (
+            _rows(log_pi, 1, nb, i0, i1).expand(*bc, k),
+            _rows(log_om, 1, nb, i0, i1).expand(*bc, k),
+        )
         fc, gc = _comps_rows(f, nb, i0, i1), _comps_rows(g, nb, i0, i1)
         if perm is not None:
             pc = perm[i0:i1] if nb else perm
@@ -491,7 +695,13 @@ def _kl_goldberger(log_pi, f, log_om, g) -> torch.Tensor:
     sc = d - log_om.unsqueeze(-2)
     m = sc.argmin(-1, keepdim=True)  # (..., A, 1), may be many-to-one
     shape = torch.broadcast_shapes(sc.shape[:-1], log_pi.shape)
-    return _wsum(log_pi, sc.expand(*shape, sc.shape[-1]).gather(-1, m.expand(*shape, 1)).squeeze(-1) + log_pi)
+    return _wsum(
+        log_pi,
+        sc.expand(*shape, sc.shape[-1])
+        .gather(-1, m.expand(*shape, 1))
+        .squeeze(-1)
+        + log_pi,
+    )
 
 
 def _kl_min_pair(log_pi, f, log_om, g) -> torch.Tensor:
@@ -503,14 +713,25 @@ def _vub_value(log_pi, log_om, log_r, d):
     log_phi = log_pi.unsqueeze(-1) + log_r
     log_cap = torch.logsumexp(log_phi, -2)  # log Phi_b, (..., B)
     cap = log_cap.exp()
-    kl_w = torch.where(cap > 0, cap * (log_cap - log_om), torch.zeros_like(cap)).sum(-1)
+    kl_w = torch.where(
+        cap > 0, cap * (log_cap - log_om), torch.zeros_like(cap)
+    ).sum(-1)
     phi = log_phi.exp()
     lin = torch.where(phi > 0, phi * d, torch.zeros_like(d)).sum((-1, -2))
     return kl_w + lin
 
 
-def _kl_variational_upper(log_pi, f, log_om, g, batch, num_iters=50, tol=1e-12, unroll=False,
-                          return_history=False):
+def _kl_variational_upper(
+    log_pi,
+    f,
+    log_om,
+    g,
+    batch,
+    num_iters=50,
+    tol=1e-12,
+    unroll=False,
+    return_history=False,
+):
     check_int("num_iters", num_iters, 0)
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
@@ -525,16 +746,23 @@ def _kl_variational_upper(log_pi, f, log_om, g, batch, num_iters=50, tol=1e-12, 
         dd = d if unroll else d.detach()
         lp = log_pi if unroll else log_pi.detach()
         lo = log_om if unroll else log_om.detach()
-        # r_{b|a} = phi_{b|a} / pi_a, initialised at omega_b (phi = pi_a omega_b: the convexity bound).
+        # r_{b|a} = phi_{b|a} / pi_a, initialised at omega_b (phi =
+        # pi_a omega_b: the convexity bound).
         log_r = lo.unsqueeze(-2).expand(*batch, a_, b_)
         prev = _vub_value(lp, lo, log_r, dd)
         if return_history:
             history.append(prev)
         for _ in range(num_iters):
-            # psi_{a|b} = omega_b phi_{b|a} / Phi_b (Eq. 23), then phi_{b|a} ∝ psi_{a|b} exp(-D_ab) (Eq. 24),
-            # written for r: log r_ab <- log r_ab + log omega_b - log Phi_b - D_ab, normalised over b.
-            log_cap = torch.logsumexp(lp.unsqueeze(-1) + log_r, -2).unsqueeze(-2)
-            shift = torch.where(om_zero, torch.zeros_like(log_cap), lo.unsqueeze(-2) - log_cap)
+            # psi_{a|b} = omega_b phi_{b|a} / Phi_b (Eq. 23),
+            # then phi_{b|a} ∝ psi_{a|b} exp(-D_ab) (Eq. 24),
+            # written for r: log r_ab <- log r_ab + log omega_b -
+            # log Phi_b - D_ab, normalised over b.
+            log_cap = torch.logsumexp(lp.unsqueeze(-1) + log_r, -2).unsqueeze(
+                -2
+            )
+            shift = torch.where(
+                om_zero, torch.zeros_like(log_cap), lo.unsqueeze(-2) - log_cap
+            )
             log_r = torch.log_softmax(log_r + shift - dd, -1)
             cur = _vub_value(lp, lo, log_r, dd)
             if return_history:
@@ -543,7 +771,8 @@ def _kl_variational_upper(log_pi, f, log_om, g, batch, num_iters=50, tol=1e-12, 
             prev = cur
             if done:
                 break
-    # A valid bound for any fixed r: with r detached, the gradient is the envelope gradient at the final iterate.
+    # A valid bound for any fixed r: with r detached, the gradient is the
+    # envelope gradient at the final iterate.
     val = _vub_value(log_pi, log_om, log_r if unroll else log_r.detach(), d)
     if return_history:
         hist = torch.stack(history)
@@ -553,25 +782,45 @@ def _kl_variational_upper(log_pi, f, log_om, g, batch, num_iters=50, tol=1e-12, 
 
 def _kl_unscented(log_pi, f, log_om, g, sigma_points="eigh"):
     if sigma_points not in ("eigh", "cholesky"):
-        raise ValueError(f"sigma_points must be 'eigh' or 'cholesky', got {sigma_points!r}")
+        raise ValueError(
+            f"sigma_points must be 'eigh' or 'cholesky', got {sigma_points!r}"
+        )
     d = f.dim
     if f.diag:
-        offsets = torch.diag_embed(torch.exp(0.5 * f.log_var) * math.sqrt(d))  # (..., A, d, d), row k = offset k
+        offsets = torch.diag_embed(
+            torch.exp(0.5 * f.log_var) * math.sqrt(d)
+        )  # (..., A, d, d), row k = offset k
     elif sigma_points == "eigh":
         lam, u = torch.linalg.eigh(f.cov())
-        offsets = (u * torch.sqrt(d * lam.clamp_min(0.0)).unsqueeze(-2)).transpose(-1, -2)
+        offsets = (
+            u * torch.sqrt(d * lam.clamp_min(0.0)).unsqueeze(-2)
+        ).transpose(-1, -2)
     else:
         offsets = f.tril.transpose(-1, -2) * math.sqrt(d)
-    pts = f.loc.unsqueeze(-2) + torch.cat([offsets, -offsets], -2)  # (..., A, 2d, d)
+    pts = f.loc.unsqueeze(-2) + torch.cat(
+        [offsets, -offsets], -2
+    )  # (..., A, 2d, d)
     a_ = pts.shape[-3]
     flat = pts.reshape(*pts.shape[:-3], a_ * 2 * d, d)
-    ratio = _mixture_log_prob(log_pi, f, flat) - _mixture_log_prob(log_om, g, flat)
+    ratio = _mixture_log_prob(log_pi, f, flat) - _mixture_log_prob(
+        log_om, g, flat
+    )
     ratio = ratio.reshape(*ratio.shape[:-1], a_, 2 * d).mean(-1)
     shape = torch.broadcast_shapes(ratio.shape, log_pi.shape)
     return _wsum(log_pi.expand(shape), ratio.expand(shape))
 
 
-def _kl_mc(log_pi, f, log_om, g, batch, num_samples=10_000, generator=None, seed=None, return_stderr=False):
+def _kl_mc(
+    log_pi,
+    f,
+    log_om,
+    g,
+    batch,
+    num_samples=10_000,
+    generator=None,
+    seed=None,
+    return_stderr=False,
+):
     check_int("num_samples", num_samples)
     if return_stderr and num_samples < 2:
         raise ValueError("num_samples must be >= 2 for return_stderr=True")
@@ -582,32 +831,62 @@ def _kl_mc(log_pi, f, log_om, g, batch, num_samples=10_000, generator=None, seed
         generator = torch.Generator(device=f.loc.device)
         generator.manual_seed(seed)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        raise ValueError(
+            "generator must be a torch.Generator, got "
+            f"{type(generator).__name__}"
+        )
     dtype, dev, d = f.loc.dtype, f.loc.device, f.dim
     k = log_pi.shape[-1]
     nb = math.prod(batch)
-    cdf = torch.cumsum(log_pi.detach().exp(), -1).expand(*batch, k).contiguous()
+    cdf = (
+        torch.cumsum(log_pi.detach().exp(), -1).expand(*batch, k).contiguous()
+    )
     loc = f.loc.expand(*batch, k, d)
-    scale = torch.exp(0.5 * f.log_var).expand(*batch, k, d) if f.diag else f.tril.expand(*batch, k, d, d)
-    chunk = max(1, min(num_samples, (1 << 22) // max(1, nb * max(k, log_om.shape[-1]) * d * (d if not f.diag else 1))))
+    scale = (
+        torch.exp(0.5 * f.log_var).expand(*batch, k, d)
+        if f.diag
+        else f.tril.expand(*batch, k, d, d)
+    )
+    chunk = max(
+        1,
+        min(
+            num_samples,
+            (1 << 22)
+            // max(
+                1, nb * max(k, log_om.shape[-1]) * d * (d if not f.diag else 1)
+            ),
+        ),
+    )
     count, mean, m2 = 0, None, None
     done = 0
     while done < num_samples:
         n = min(chunk, num_samples - done)
         u = torch.rand(*batch, n, generator=generator, dtype=dtype, device=dev)
-        idx = torch.searchsorted(cdf, u, right=True).clamp_max(k - 1)  # (*batch, n)
-        eps = torch.randn(*batch, n, d, generator=generator, dtype=dtype, device=dev)
+        idx = torch.searchsorted(cdf, u, right=True).clamp_max(
+            k - 1
+        )  # (*batch, n)
+        eps = torch.randn(
+            *batch, n, d, generator=generator, dtype=dtype, device=dev
+        )
         mu = loc.gather(-2, idx.unsqueeze(-1).expand(*batch, n, d))
         if f.diag:
-            x = mu + scale.gather(-2, idx.unsqueeze(-1).expand(*batch, n, d)) * eps
+            x = (
+                mu
+                + scale.gather(-2, idx.unsqueeze(-1).expand(*batch, n, d))
+                * eps
+            )
         else:
             l_ = scale.gather(-3, idx[..., None, None].expand(*batch, n, d, d))
             x = mu + (l_ @ eps.unsqueeze(-1)).squeeze(-1)
-        r = _mixture_log_prob(log_pi, f, x) - _mixture_log_prob(log_om, g, x)  # (*batch, n)
+        r = _mixture_log_prob(log_pi, f, x) - _mixture_log_prob(
+            log_om, g, x
+        )  # (*batch, n)
         mc, m2c = r.mean(-1), (r - r.mean(-1, keepdim=True)).pow(2).sum(-1)
         if mean is None:
             mean, m2 = mc, m2c
-        else:  # Chan et al.'s pairwise combination of means and sums of squares
+        # Chan et al.'s pairwise combination of means and sums of
+        # squares
+        else:
             tot = count + n
             delta = mc - mean
             mean = mean + delta * (n / tot)
@@ -619,7 +898,14 @@ def _kl_mc(log_pi, f, log_om, g, batch, num_samples=10_000, generator=None, seed
     return mean
 
 
-def kl_gmm(q: MixtureSameFamily, p: MixtureSameFamily, method: str = "mc", *, backend: str = "auto", **options):
+def kl_gmm(
+    q: MixtureSameFamily,
+    p: MixtureSameFamily,
+    method: str = "mc",
+    *,
+    backend: str = "auto",
+    **options,
+):
     r"""KL divergence :math:`D(q\|p)` between two Gaussian mixtures, estimated, approximated or bounded.
 
     Args:
@@ -691,33 +977,65 @@ def kl_gmm(q: MixtureSameFamily, p: MixtureSameFamily, method: str = "mc", *, ba
             or non-finite scales, different component counts for ``"matched"``, invalid option values.
     """
     if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(repr(m) for m in METHODS)}; got {method!r}")
+        raise ValueError(
+            f"method must be one of {', '.join(repr(m) for m in METHODS)}; "
+            f"got {method!r}"
+        )
     unknown = set(options) - _OPTIONS[method]
     if unknown:
         allowed = ", ".join(sorted(_OPTIONS[method])) or "none"
-        raise TypeError(f"kl_gmm(method={method!r}) got unexpected option(s) {', '.join(sorted(unknown))}; "
-                        f"its options are: {allowed}")
+        raise TypeError(
+            f"kl_gmm(method={method!r}) got unexpected option(s) "
+            f"{', '.join(sorted(unknown))}; "
+            f"its options are: {allowed}"
+        )
     from . import kernels
 
     kernels._check_backend(backend)
     if backend == "triton" and method != "matched":
-        raise ValueError(f"backend='triton' has a kernel for method='matched' only, got method={method!r}; use "
-                         f"backend='torch' or 'auto'")
+        raise ValueError(
+            "backend='triton' has a kernel for method='matched' only, got "
+            f"method={method!r}; use "
+            f"backend='torch' or 'auto'"
+        )
     log_pi, f, log_om, g, batch = _prepare(q, p)
     if method == "mc":
         return _kl_mc(log_pi, f, log_om, g, batch, **options)
     if method == "matched":
         _check_k(log_pi, log_om, "matched")
         matching = options.get("matching", "given")
-        kernel_ok = f.diag and g.diag and isinstance(matching, str) and matching == "given"
+        kernel_ok = (
+            f.diag
+            and g.diag
+            and isinstance(matching, str)
+            and matching == "given"
+        )
         if backend == "triton" and not kernel_ok:
-            raise ValueError("backend='triton' runs the matched bound between mixtures of diagonal Gaussians with "
-                             "matching='given' only; use backend='torch' or 'auto' for full covariances or another "
-                             "matching")
-        if kernel_ok and kernels.resolve_backend(backend, log_pi, f.loc, log_om, g.loc) == "triton":
-            val = kernels.matched_kl(log_pi, f.loc, f.log_var, log_om, g.loc, g.log_var, backend="triton")
+            raise ValueError(
+                "backend='triton' runs the matched bound between mixtures of "
+                "diagonal Gaussians with "
+                "matching='given' only; use backend='torch' or 'auto' for "
+                "full covariances or another "
+                "matching"
+            )
+        if (
+            kernel_ok
+            and kernels.resolve_backend(backend, log_pi, f.loc, log_om, g.loc)
+            == "triton"
+        ):
+            val = kernels.matched_kl(
+                log_pi,
+                f.loc,
+                f.log_var,
+                log_om,
+                g.loc,
+                g.log_var,
+                backend="triton",
+            )
             if options.get("return_matching", False):
-                return val, torch.arange(log_pi.shape[-1], device=val.device).expand(*batch, log_pi.shape[-1])
+                return val, torch.arange(
+                    log_pi.shape[-1], device=val.device
+                ).expand(*batch, log_pi.shape[-1])
             return val
         return _kl_matched(log_pi, f, log_om, g, batch, **options)
     if method == "variational_upper":
@@ -725,13 +1043,20 @@ def kl_gmm(q: MixtureSameFamily, p: MixtureSameFamily, method: str = "mc", *, ba
     if method == "unscented":
         out = _kl_unscented(log_pi, f, log_om, g, **options)
     else:
-        fn = {"gaussian": _kl_gaussian, "product": _kl_product, "variational": _kl_variational,
-              "goldberger": _kl_goldberger, "min_pair": _kl_min_pair}[method]
+        fn = {
+            "gaussian": _kl_gaussian,
+            "product": _kl_product,
+            "variational": _kl_variational,
+            "goldberger": _kl_goldberger,
+            "min_pair": _kl_min_pair,
+        }[method]
         out = fn(log_pi, f, log_om, g)
     return out.expand(batch)
 
 
-def durrieu_bounds(q: MixtureSameFamily, p: MixtureSameFamily) -> tuple[torch.Tensor, torch.Tensor]:
+def durrieu_bounds(
+    q: MixtureSameFamily, p: MixtureSameFamily
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Closed-form two-sided bounds :math:`(\ell, u)` with :math:`\ell\le D(q\|p)\le u` (Durrieu, Thiran & Kelly 2012).
 
     From the two Jensen bounds :math:`L_{\mathrm{var}}(f,g)\le\mathbb E_f\log g\le L_{\mathrm{prod}}(f,g)`, with
@@ -744,10 +1069,18 @@ def durrieu_bounds(q: MixtureSameFamily, p: MixtureSameFamily) -> tuple[torch.Te
     h = f.entropy()
 
     def l_var(log_w, c):
-        return _wsum(log_pi, torch.logsumexp(log_w.unsqueeze(-2) - _pairwise_kl(f, c), -1) - h)
+        return _wsum(
+            log_pi,
+            torch.logsumexp(log_w.unsqueeze(-2) - _pairwise_kl(f, c), -1) - h,
+        )
 
     def l_prod(log_w, c):
-        return _wsum(log_pi, torch.logsumexp(log_w.unsqueeze(-2) + _pairwise_log_overlap(f, c), -1))
+        return _wsum(
+            log_pi,
+            torch.logsumexp(
+                log_w.unsqueeze(-2) + _pairwise_log_overlap(f, c), -1
+            ),
+        )
 
     lower = l_var(log_pi, f) - l_prod(log_om, g)
     upper = l_prod(log_pi, f) - l_var(log_om, g)

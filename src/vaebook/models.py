@@ -7,6 +7,7 @@ bound in :mod:`vaebook.metrics`.
 
 Shapes: images are ``(B, 1, 28, 28)`` (any ``data_shape`` works); latents ``(..., B, latent_dim)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,22 +21,51 @@ from torch.distributions import Bernoulli, Independent, Normal
 from .divergences import kl_normal_diag
 from .utils import check_int, check_number
 
-__all__ = ["MLP", "GaussianEncoder", "BernoulliDecoder", "GaussianDecoder", "BatchMixin", "VAE"]
+__all__ = [
+    "MLP",
+    "GaussianEncoder",
+    "BernoulliDecoder",
+    "GaussianDecoder",
+    "BatchMixin",
+    "VAE",
+]
 
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
+_ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+}
 
 
 class MLP(nn.Sequential):
     """``in_dim -> hidden[0] -> ... -> out_dim`` with ``activation`` between layers (none after the last)."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "tanh"):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        activation: str = "tanh",
+    ):
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got "
+                f"{activation!r}"
+            )
         for name, v in (("in_dim", in_dim), ("out_dim", out_dim)):
             check_int(name, v)
         hidden = tuple(hidden)
-        if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive ints (layer widths), got {hidden!r}")
+        if not all(
+            isinstance(h, numbers.Integral)
+            and not isinstance(h, bool)
+            and h >= 1
+            for h in hidden
+        ):
+            raise ValueError(
+                "hidden must be a sequence of positive ints (layer widths), "
+                f"got {hidden!r}"
+            )
         dims = [in_dim, *hidden, out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -53,13 +83,21 @@ class GaussianEncoder(nn.Module):
     early, too-large learning rate cannot produce ``exp`` overflows; the default bound (12) never binds in practice.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (400,), activation: str = "tanh",
-                 logvar_bound: float = 12.0):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (400,),
+        activation: str = "tanh",
+        logvar_bound: float = 12.0,
+    ):
         super().__init__()
         check_int("data_dim", data_dim)
         check_int("latent_dim", latent_dim)
         self.latent_dim = latent_dim
-        self.logvar_bound = check_number("logvar_bound", logvar_bound, 0.0, strict=True)
+        self.logvar_bound = check_number(
+            "logvar_bound", logvar_bound, 0.0, strict=True
+        )
         self.net = MLP(data_dim, hidden, 2 * latent_dim, activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,18 +115,28 @@ class BernoulliDecoder(nn.Module):
     score grey-level targets too (as most code does); the book trains on binarised data.
     """
 
-    def __init__(self, latent_dim: int, data_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (400,),
-                 activation: str = "tanh"):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: Sequence[int] = (1, 28, 28),
+        hidden: Sequence[int] = (400,),
+        activation: str = "tanh",
+    ):
         super().__init__()
         check_int("latent_dim", latent_dim)
         self.data_shape = _check_shape(data_shape)
-        self.net = MLP(latent_dim, hidden, math.prod(self.data_shape), activation)
+        self.net = MLP(
+            latent_dim, hidden, math.prod(self.data_shape), activation
+        )
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).unflatten(-1, self.data_shape)
 
     def forward(self, z: torch.Tensor) -> Independent:
-        return Independent(Bernoulli(logits=self.logits(z), validate_args=False), len(self.data_shape))
+        return Independent(
+            Bernoulli(logits=self.logits(z), validate_args=False),
+            len(self.data_shape),
+        )
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         """The decoded image :math:`\\mathbb E[x\\mid z]` (pixel probabilities), shape ``(..., *data_shape)``."""
@@ -111,24 +159,45 @@ class GaussianDecoder(nn.Module):
     through ReLU layers overflowed ``exp(logvar / 2)`` to ``inf``).
     """
 
-    def __init__(self, latent_dim: int, data_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (400,),
-                 activation: str = "tanh", learn_var: str = "global", fixed_logvar: float = 0.0,
-                 min_logvar: float = -9.0, squash: bool = False, max_logvar: float = 30.0):
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: Sequence[int] = (1, 28, 28),
+        hidden: Sequence[int] = (400,),
+        activation: str = "tanh",
+        learn_var: str = "global",
+        fixed_logvar: float = 0.0,
+        min_logvar: float = -9.0,
+        squash: bool = False,
+        max_logvar: float = 30.0,
+    ):
         super().__init__()
         if learn_var not in ("output", "global", "fixed"):
-            raise ValueError(f"learn_var must be 'output', 'global' or 'fixed', got {learn_var!r}")
+            raise ValueError(
+                "learn_var must be 'output', 'global' or 'fixed', got "
+                f"{learn_var!r}"
+            )
         check_int("latent_dim", latent_dim)
         self.data_shape = _check_shape(data_shape)
         check_number("fixed_logvar", fixed_logvar)
         self.min_logvar = check_number("min_logvar", min_logvar)
-        self.max_logvar = check_number("max_logvar", max_logvar, self.min_logvar, strict=True)
+        self.max_logvar = check_number(
+            "max_logvar", max_logvar, self.min_logvar, strict=True
+        )
         self.learn_var, self.squash = learn_var, squash
         d = math.prod(self.data_shape)
-        self.net = MLP(latent_dim, hidden, 2 * d if learn_var == "output" else d, activation)
+        self.net = MLP(
+            latent_dim,
+            hidden,
+            2 * d if learn_var == "output" else d,
+            activation,
+        )
         if learn_var == "global":
             self.logvar = nn.Parameter(torch.zeros(d))
         else:
-            self.register_buffer("logvar", torch.full((d,), float(fixed_logvar)))
+            self.register_buffer(
+                "logvar", torch.full((d,), float(fixed_logvar))
+            )
 
     def _params(self, z):
         h = self.net(z)
@@ -138,14 +207,24 @@ class GaussianDecoder(nn.Module):
             mean, logvar = h, self.logvar.expand_as(h)
         if self.squash:
             mean = torch.sigmoid(mean)
-        logvar = self.min_logvar + nn.functional.softplus(logvar - self.min_logvar)
-        if self.learn_var == "output":  # an unbounded network output: a ceiling keeps exp(logvar / 2) finite
+        logvar = self.min_logvar + nn.functional.softplus(
+            logvar - self.min_logvar
+        )
+        if (
+            self.learn_var == "output"
+            # an unbounded network output: a ceiling keeps exp(logvar /
+            # 2) finite
+        ):
             logvar = logvar.clamp(max=self.max_logvar)
-        return mean.unflatten(-1, self.data_shape), logvar.unflatten(-1, self.data_shape)
+        return mean.unflatten(-1, self.data_shape), logvar.unflatten(
+            -1, self.data_shape
+        )
 
     def forward(self, z: torch.Tensor) -> Independent:
         mean, logvar = self._params(z)
-        return Independent(Normal(mean, torch.exp(0.5 * logvar)), len(self.data_shape))
+        return Independent(
+            Normal(mean, torch.exp(0.5 * logvar)), len(self.data_shape)
+        )
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return self._params(z)[0]
@@ -153,8 +232,14 @@ class GaussianDecoder(nn.Module):
 
 def _check_shape(data_shape) -> tuple:
     shape = tuple(data_shape)
-    if not shape or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in shape):
-        raise ValueError(f"data_shape must be a non-empty sequence of positive ints, got {data_shape!r}")
+    if not shape or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+        for v in shape
+    ):
+        raise ValueError(
+            "data_shape must be a non-empty sequence of positive ints, got "
+            f"{data_shape!r}"
+        )
     return tuple(int(v) for v in shape)
 
 
@@ -187,20 +272,42 @@ class VAE(BatchMixin, nn.Module):
     :meth:`encode`/:meth:`sample_latent`.
     """
 
-    def __init__(self, enc: nn.Module, dec: nn.Module, latent_dim: int | None = None, beta: float = 1.0,
-                 kl: str = "analytic", binarize: str | None = None):
+    def __init__(
+        self,
+        enc: nn.Module,
+        dec: nn.Module,
+        latent_dim: int | None = None,
+        beta: float = 1.0,
+        kl: str = "analytic",
+        binarize: str | None = None,
+    ):
         super().__init__()
         self.enc, self.dec = enc, dec
-        self.latent_dim = latent_dim if latent_dim is not None else enc.latent_dim
+        self.latent_dim = (
+            latent_dim if latent_dim is not None else enc.latent_dim
+        )
         if kl not in ("analytic", "mc"):
             raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
         if binarize not in (None, "dynamic"):
-            raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
-        self.beta, self.kl, self.binarize = check_number("beta", beta, 0.0), kl, binarize
+            raise ValueError(
+                f"binarize must be None or 'dynamic', got {binarize!r}"
+            )
+        self.beta, self.kl, self.binarize = (
+            check_number("beta", beta, 0.0),
+            kl,
+            binarize,
+        )
 
     @classmethod
-    def mlp(cls, latent_dim: int = 20, hidden: Sequence[int] = (400,), data_shape: Sequence[int] = (1, 28, 28),
-            likelihood: str = "bernoulli", activation: str = "tanh", **kwargs) -> "VAE":
+    def mlp(
+        cls,
+        latent_dim: int = 20,
+        hidden: Sequence[int] = (400,),
+        data_shape: Sequence[int] = (1, 28, 28),
+        likelihood: str = "bernoulli",
+        activation: str = "tanh",
+        **kwargs,
+    ) -> "VAE":
         """An MLP VAE: encoder ``D -> hidden -> 2*latent_dim``, decoder mirrored (``hidden`` reversed).
 
         ``likelihood`` is ``"bernoulli"`` or ``"gaussian"``; extra keyword arguments go to :class:`VAE`.
@@ -208,29 +315,50 @@ class VAE(BatchMixin, nn.Module):
         d = math.prod(data_shape)
         enc = GaussianEncoder(d, latent_dim, hidden, activation)
         if likelihood == "bernoulli":
-            dec = BernoulliDecoder(latent_dim, data_shape, tuple(reversed(hidden)), activation)
+            dec = BernoulliDecoder(
+                latent_dim, data_shape, tuple(reversed(hidden)), activation
+            )
         elif likelihood == "gaussian":
-            dec = GaussianDecoder(latent_dim, data_shape, tuple(reversed(hidden)), activation)
+            dec = GaussianDecoder(
+                latent_dim, data_shape, tuple(reversed(hidden)), activation
+            )
         else:
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+            raise ValueError(
+                "likelihood must be 'bernoulli' or 'gaussian', got "
+                f"{likelihood!r}"
+            )
         return cls(enc, dec, latent_dim, **kwargs)
 
-    # -- pieces -------------------------------------------------------------------------------------------------
+    # -- pieces
+    # -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(q_mean, q_logvar)``, each ``(B, latent_dim)``."""
         return self.enc(x)
 
     @staticmethod
-    def reparameterize(q_mean: torch.Tensor, q_logvar: torch.Tensor, num_samples: int | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def reparameterize(
+        q_mean: torch.Tensor,
+        q_logvar: torch.Tensor,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         r"""The reparameterisation :math:`z=\mu+\sigma\odot\epsilon`, :math:`\epsilon\sim\mathcal N(0,I)` (Chapter 1).
 
         Returns ``(B, D)``, or ``(num_samples, B, D)`` when ``num_samples`` is given.
         """
         if num_samples is not None:
             check_int("num_samples", num_samples)
-        shape = q_mean.shape if num_samples is None else (num_samples, *q_mean.shape)
-        eps = torch.randn(shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
+        shape = (
+            q_mean.shape
+            if num_samples is None
+            else (num_samples, *q_mean.shape)
+        )
+        eps = torch.randn(
+            shape,
+            dtype=q_mean.dtype,
+            device=q_mean.device,
+            generator=generator,
+        )
         return q_mean + torch.exp(0.5 * q_logvar) * eps
 
     def prior(self) -> Independent:
@@ -245,9 +373,11 @@ class VAE(BatchMixin, nn.Module):
         q = Independent(Normal(q_mean, torch.exp(0.5 * q_logvar)), 1)
         return (q.log_prob(z) - self.prior().log_prob(z)).mean(0)
 
-
-    # -- objectives ---------------------------------------------------------------------------------------------
-    def elbo(self, x: torch.Tensor, num_samples: int = 1) -> dict[str, torch.Tensor]:
+    # -- objectives
+    # -------------------------------------------------------------------------
+    def elbo(
+        self, x: torch.Tensor, num_samples: int = 1
+    ) -> dict[str, torch.Tensor]:
         """Per-example ``{"elbo", "rec", "kl"}``, each ``(B,)``; ``rec`` is :math:`\\mathbb E_q\\log p(x|z)` (L samples)."""
         q_mean, q_logvar = self.encode(x)
         z = self.reparameterize(q_mean, q_logvar, num_samples)
@@ -259,20 +389,30 @@ class VAE(BatchMixin, nn.Module):
         x = self._prepare(batch)
         terms = self.elbo(x)
         loss = -(terms["rec"] - self.beta * terms["kl"]).mean()
-        return loss, {"loss": loss.item(), "elbo": terms["elbo"].mean().item(),
-                      "rec": terms["rec"].mean().item(), "kl": terms["kl"].mean().item()}
+        return loss, {
+            "loss": loss.item(),
+            "elbo": terms["elbo"].mean().item(),
+            "rec": terms["rec"].mean().item(),
+            "kl": terms["kl"].mean().item(),
+        }
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         r"""Importance log-weights :math:`\log p(x,z_s)-\log q(z_s\mid x)`, ``(num_samples, B)`` (for the IWAE bound)."""
         q_mean, q_logvar = self.encode(x)
         z = self.reparameterize(q_mean, q_logvar, num_samples)
         q = Independent(Normal(q_mean, torch.exp(0.5 * q_logvar)), 1)
-        return self.dec(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        return (
+            self.dec(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        )
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` images decoded from prior samples (pixel means), ``(n, *data_shape)``."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self._device())
+        z = torch.randn(n, self.latent_dim, generator=generator).to(
+            self._device()
+        )
         return self.dec.mean(z)
 
     @torch.no_grad()

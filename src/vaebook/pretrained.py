@@ -9,6 +9,7 @@ Training that does not fit a chapter's CPU budget runs here, once, and the chapt
 A checkpoint is a ``state_dict`` (a few MB) plus JSON metadata: the recipe, the per-epoch history, the final
 evaluation, the wall time and the versions. Chapters call :func:`load` with ``retrain=RETRAIN``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RECIPES", "Recipe", "build_model", "train", "load", "checkpoint_path"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "build_model",
+    "train",
+    "load",
+    "checkpoint_path",
+]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -37,13 +45,19 @@ class Recipe:
     num_epochs: int = 100
     batch_size: int = 100
     lr: float = 1e-3
-    lr_final: float = 1e-4  # cosine-free: exponential decay from lr to lr_final over the run
+    lr_final: float = (
+        1e-4  # cosine-free: exponential decay from lr to lr_final over the run
+    )
     seed: int = 0
     num_train: int | None = None  # None: all training images found
     num_test: int | None = None  # None: all test images (for the test ELBO)
     eval_k: int = 5000
-    eval_num_test: int = 1000  # test images for the k=eval_k IWAE bound (the ELBO uses the whole test set)
-    monitor_num_test: int = 1000  # test images for the per-epoch test ELBO curve
+    # test images for the k=eval_k IWAE bound (the ELBO uses the whole
+    # test set)
+    eval_num_test: int = 1000
+    monitor_num_test: int = (
+        1000  # test images for the per-epoch test ELBO curve
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,42 +84,86 @@ class ExternalRecipe:
 
 RECIPES: dict[str, Recipe | ExternalRecipe] = {
     "ch01_vae50": Recipe(
-        description="Chapter 1: Bernoulli MLP VAE 784-200-200-50 (tanh), Burda et al.'s one-layer architecture; "
-                    "dynamically binarised MNIST training images, statically binarised test images",
-        latent_dim=50, num_epochs=150),
+        description="Chapter 1: Bernoulli MLP VAE 784-200-200-50 (tanh), "
+        "Burda et al.'s one-layer architecture; "
+        "dynamically binarised MNIST training images, statically binarised "
+        "test images",
+        latent_dim=50,
+        num_epochs=150,
+    ),
     "ch03_catvae": ExternalRecipe(
-        description="Chapter 3: categorical VAE, 20 variables x 10 classes, MLP 784-512-256-(20x10) (ReLU), "
-                    "Jang et al.'s categorical KL with relaxed samples and temperature annealing",
-        module="vaebook.discrete_vae", num_epochs=100),
+        description="Chapter 3: categorical VAE, 20 variables x 10 classes, "
+        "MLP 784-512-256-(20x10) (ReLU), "
+        "Jang et al.'s categorical KL with relaxed samples and temperature "
+        "annealing",
+        module="vaebook.discrete_vae",
+        num_epochs=100,
+    ),
     "ch05_recab_vae": ExternalRecipe(
-        description="Chapter 5: ReCAB-VAE (Gaussian D=8 + one 10-class relaxed categorical latent), MLP 784-256, "
-                    "the discrete KL by the closed-form bound with free bits; its metadata holds the comparison "
-                    "over 3 seeds x 4 discrete KL terms",
-        module="vaebook.recab_vae", num_epochs=10),
+        description="Chapter 5: ReCAB-VAE (Gaussian D=8 + one 10-class "
+        "relaxed categorical latent), MLP 784-256, "
+        "the discrete KL by the closed-form bound with free bits; its "
+        "metadata holds the comparison "
+        "over 3 seeds x 4 discrete KL terms",
+        module="vaebook.recab_vae",
+        num_epochs=10,
+    ),
     "ch07_ldc": ExternalRecipe(
-        description="Chapter 7: LDC-VAE as formalised in the book: implicit noise-input encoder (784-200-200 trunk, "
-                    "200-unit residual head, K=8 particles) trained by amortized SVGD on the Gibbs posterior "
-                    "p(z) p(x|z); Bernoulli decoder 50-200-200-784 (tanh) trained on the particles",
-        module="vaebook.ldc", num_epochs=150),
+        description="Chapter 7: LDC-VAE as formalised in the book: implicit "
+        "noise-input encoder (784-200-200 trunk, "
+        "200-unit residual head, K=8 particles) trained by amortized SVGD on "
+        "the Gibbs posterior "
+        "p(z) p(x|z); Bernoulli decoder 50-200-200-784 (tanh) trained on the "
+        "particles",
+        module="vaebook.ldc",
+        num_epochs=150,
+    ),
     "ch09_vrnn": ExternalRecipe(
-        description="Chapter 9: VRNN (LSTM 128, z 16, 64-unit ReLU networks), Bernoulli output, binarised sequential MNIST",
-        module="vaebook.vrnn", build="build_vrnn", train="train_vrnn", num_epochs=8),
+        description="Chapter 9: VRNN (LSTM 128, z 16, 64-unit ReLU networks), "
+        "Bernoulli output, binarised sequential MNIST",
+        module="vaebook.vrnn",
+        build="build_vrnn",
+        train="train_vrnn",
+        num_epochs=8,
+    ),
     "ch09_lstm": ExternalRecipe(
-        description="Chapter 9: LSTM baseline (LSTM 128, 64-unit ReLU networks), Bernoulli output, binarised sequential MNIST",
-        module="vaebook.vrnn", build="build_lstm", train="train_lstm", num_epochs=8),
+        description="Chapter 9: LSTM baseline (LSTM 128, 64-unit ReLU "
+        "networks), Bernoulli output, binarised sequential MNIST",
+        module="vaebook.vrnn",
+        build="build_lstm",
+        train="train_lstm",
+        num_epochs=8,
+    ),
     "ch09_gmvrnn_a": ExternalRecipe(
-        description="Chapter 9: GM-VRNN (a), 4-component mixture latent, Gumbel-softmax sample, matched-bound KL",
-        module="vaebook.vrnn", build="build_gmvrnn_a", train="train_gmvrnn_a", num_epochs=8),
+        description="Chapter 9: GM-VRNN (a), 4-component mixture latent, "
+        "Gumbel-softmax sample, matched-bound KL",
+        module="vaebook.vrnn",
+        build="build_gmvrnn_a",
+        train="train_gmvrnn_a",
+        num_epochs=8,
+    ),
     "ch09_gmvrnn_b": ExternalRecipe(
-        description="Chapter 9: GM-VRNN (b), GMVAE-style latent per step (4 components, w_dim 8), four-term ELBO",
-        module="vaebook.vrnn", build="build_gmvrnn_b", train="train_gmvrnn_b", num_epochs=4),
+        description="Chapter 9: GM-VRNN (b), GMVAE-style latent per step (4 "
+        "components, w_dim 8), four-term ELBO",
+        module="vaebook.vrnn",
+        build="build_gmvrnn_b",
+        train="train_gmvrnn_b",
+        num_epochs=4,
+    ),
     "ch08_toy2d": ExternalRecipe(
-        description="Chapter 8: VAE and Soft-IntroVAE on the four 2-D toy densities (8gaussians, 2spirals, "
-                    "checkerboard, rings), 3 seeds each, reduced CPU setting, with all metrics in the metadata",
-        module="vaebook.introspective"),
+        description="Chapter 8: VAE and Soft-IntroVAE on the four 2-D toy "
+        "densities (8gaussians, 2spirals, "
+        "checkerboard, rings), 3 seeds each, reduced CPU setting, with all "
+        "metrics in the metadata",
+        module="vaebook.introspective",
+    ),
     "ch08_mnist": ExternalRecipe(
-        description="Chapter 8: MLP VAE and Soft-IntroVAE (784-400-32, Bernoulli decoder) on the MNIST training subset",
-        module="vaebook.introspective", build="build_mnist", train="train_mnist"),
+        description="Chapter 8: MLP VAE and Soft-IntroVAE (784-400-32, "
+        "Bernoulli decoder) on the MNIST training subset",
+        module="vaebook.introspective",
+        build="build_mnist",
+        train="train_mnist",
+    ),
 }
 
 
@@ -115,7 +173,9 @@ def checkpoint_path(name: str) -> Path:
 
 def _recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"name must be one of {sorted(RECIPES)}, got {name!r}")
+        raise ValueError(
+            f"name must be one of {sorted(RECIPES)}, got {name!r}"
+        )
     return RECIPES[name]
 
 
@@ -126,11 +186,22 @@ def build_model(name: str):
     r = _recipe(name)
     if isinstance(r, ExternalRecipe):
         return r.functions()[0]()
-    return VAE.mlp(latent_dim=r.latent_dim, hidden=r.hidden, activation=r.activation, binarize="dynamic")
+    return VAE.mlp(
+        latent_dim=r.latent_dim,
+        hidden=r.hidden,
+        activation=r.activation,
+        binarize="dynamic",
+    )
 
 
-def train(name: str, out: str | Path | None = None, num_epochs: int | None = None, progress: bool = True,
-          root=None, **overrides) -> tuple[torch.nn.Module, dict]:
+def train(
+    name: str,
+    out: str | Path | None = None,
+    num_epochs: int | None = None,
+    progress: bool = True,
+    root=None,
+    **overrides,
+) -> tuple[torch.nn.Module, dict]:
     """Train recipe ``name`` from scratch, evaluate it, save it to ``out`` (default: the package's checkpoint).
 
     ``overrides`` replace fields of the :class:`Recipe` (e.g. ``num_train=500, eval_k=10`` for a smoke test).
@@ -140,8 +211,12 @@ def train(name: str, out: str | Path | None = None, num_epochs: int | None = Non
     from .train import fit, save_checkpoint
 
     if isinstance(_recipe(name), ExternalRecipe):
-        return _recipe(name).functions()[1](out=out if out is not None else checkpoint_path(name),
-                                           num_epochs=num_epochs, progress=progress, **overrides)
+        return _recipe(name).functions()[1](
+            out=out if out is not None else checkpoint_path(name),
+            num_epochs=num_epochs,
+            progress=progress,
+            **overrides,
+        )
     r = dataclasses.replace(_recipe(name), **overrides)
     epochs = r.num_epochs if num_epochs is None else num_epochs
     torch.manual_seed(r.seed)
@@ -152,8 +227,12 @@ def train(name: str, out: str | Path | None = None, num_epochs: int | None = Non
     if r.num_test is not None:
         x_test = x_test[: r.num_test]
     gen = torch.Generator().manual_seed(r.seed)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=r.batch_size,
-                                         shuffle=True, generator=gen)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_train),
+        batch_size=r.batch_size,
+        shuffle=True,
+        generator=gen,
+    )
     model = build_model(name)
     model.dec.init_bias(x_train)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr)
@@ -164,30 +243,60 @@ def train(name: str, out: str | Path | None = None, num_epochs: int | None = Non
     def val_fn(m, x):
         return {"elbo": m.elbo(x)["elbo"].mean().item()}
 
-    hist = fit(model, loader, epochs, optimizer=opt, scheduler=sched, val_data=monitor, val_fn=val_fn,
-               seed=r.seed, progress=progress)
+    hist = fit(
+        model,
+        loader,
+        epochs,
+        optimizer=opt,
+        scheduler=sched,
+        val_data=monitor,
+        val_fn=val_fn,
+        seed=r.seed,
+        progress=progress,
+    )
     t0 = time.perf_counter()
-    x_train_bin = torch.bernoulli(x_train[: len(x_test)], generator=torch.Generator().manual_seed(1))
+    x_train_bin = torch.bernoulli(
+        x_train[: len(x_test)], generator=torch.Generator().manual_seed(1)
+    )
     ev_train = evaluate(model, x_train_bin)
     ev_test = evaluate(model, x_test)
     ev_iwae = evaluate(model, x_test[: r.eval_num_test], k=r.eval_k)
     meta = {
-        "name": name, "recipe": dataclasses.asdict(r), "num_epochs": epochs, "num_train": len(x_train),
-        "num_test": len(x_test), "history": hist.to_dict(),
-        "eval": {"train_elbo": ev_train["elbo"], "train_elbo_se": ev_train["elbo_se"],
-                 "test_elbo": ev_test["elbo"], "test_elbo_se": ev_test["elbo_se"],
-                 "test_iwae": ev_iwae["iwae"], "test_iwae_se": ev_iwae["iwae_se"], "iwae_k": r.eval_k,
-                 "iwae_num_test": ev_iwae["n"], "eval_seconds": time.perf_counter() - t0},
-        "train_seconds": hist.seconds, "torch": torch.__version__, "python": platform.python_version(),
+        "name": name,
+        "recipe": dataclasses.asdict(r),
+        "num_epochs": epochs,
+        "num_train": len(x_train),
+        "num_test": len(x_test),
+        "history": hist.to_dict(),
+        "eval": {
+            "train_elbo": ev_train["elbo"],
+            "train_elbo_se": ev_train["elbo_se"],
+            "test_elbo": ev_test["elbo"],
+            "test_elbo_se": ev_test["elbo_se"],
+            "test_iwae": ev_iwae["iwae"],
+            "test_iwae_se": ev_iwae["iwae_se"],
+            "iwae_k": r.eval_k,
+            "iwae_num_test": ev_iwae["n"],
+            "eval_seconds": time.perf_counter() - t0,
+        },
+        "train_seconds": hist.seconds,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        "command": f"python -m vaebook.pretrained train {name}" + (f" --num-epochs {epochs}" if num_epochs else ""),
+        "command": f"python -m vaebook.pretrained train {name}"
+        + (f" --num-epochs {epochs}" if num_epochs else ""),
     }
     path = Path(out) if out is not None else checkpoint_path(name)
     save_checkpoint(model, path, **meta)
     return model, meta
 
 
-def load(name: str, retrain: bool = False, path: str | Path | None = None, progress: bool = True):
+def load(
+    name: str,
+    retrain: bool = False,
+    path: str | Path | None = None,
+    progress: bool = True,
+):
     """``(model, meta)`` for recipe ``name``: the shipped checkpoint, or a fresh training run if ``retrain``.
 
     With ``retrain=True`` the model is trained as ``python -m vaebook.pretrained train NAME`` would, but the
@@ -204,13 +313,25 @@ def load(name: str, retrain: bool = False, path: str | Path | None = None, progr
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vaebook.pretrained", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m vaebook.pretrained",
+        description=__doc__.split("\n\n")[0],
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the recipes")
     t = sub.add_parser("train", help="train a recipe and save its checkpoint")
     t.add_argument("name", choices=sorted(RECIPES))
-    t.add_argument("--out", default=None, help="where to write (default: the package's checkpoints folder)")
-    t.add_argument("--num-epochs", type=int, default=None, help="override the recipe's epochs (smoke runs)")
+    t.add_argument(
+        "--out",
+        default=None,
+        help="where to write (default: the package's checkpoints folder)",
+    )
+    t.add_argument(
+        "--num-epochs",
+        type=int,
+        default=None,
+        help="override the recipe's epochs (smoke runs)",
+    )
     t.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     from .utils import get_device
@@ -220,7 +341,12 @@ def main(argv=None) -> int:
         for k, r in RECIPES.items():
             print(f"{k}: {r.description} ({r.num_epochs} epochs)")
         return 0
-    _, meta = train(args.name, out=args.out, num_epochs=args.num_epochs, progress=not args.no_progress)
+    _, meta = train(
+        args.name,
+        out=args.out,
+        num_epochs=args.num_epochs,
+        progress=not args.no_progress,
+    )
     print(json.dumps(meta["eval"], indent=2))
     print(f"trained in {meta['train_seconds']:.1f} s")
     return 0

@@ -30,6 +30,7 @@ The checkpoint ``ch05_recab_vae`` and the results of the comparison (several see
 :func:`train` (``python -m vaebook.recab_vae``, or ``python -m vaebook.pretrained train ch05_recab_vae`` once
 registered).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,18 +44,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .discrete_vae import KL_CHOICES, CategoricalLatent, CategoricalVAE, jang_schedule
+from .discrete_vae import (
+    KL_CHOICES,
+    CategoricalLatent,
+    CategoricalVAE,
+    jang_schedule,
+)
 from .divergences import kl_categorical, kl_normal_diag
 from .models import MLP, BernoulliDecoder
 from .relaxed import exp_concrete_log_prob, recab, relaxed_kl_equal_tau_exact
 from .utils import check_int, check_number
 
-__all__ = ["JointEncoder", "ReCABVAE", "discrete_kl_per_variable", "code_purity", "RECIPE", "ARMS", "build",
-           "train"]
+__all__ = [
+    "JointEncoder",
+    "ReCABVAE",
+    "discrete_kl_per_variable",
+    "code_purity",
+    "RECIPE",
+    "ARMS",
+    "build",
+    "train",
+]
 
 
-def discrete_kl_per_variable(latent: CategoricalLatent, params: torch.Tensor, sample: dict | None,
-                             tau: float) -> torch.Tensor:
+def discrete_kl_per_variable(
+    latent: CategoricalLatent,
+    params: torch.Tensor,
+    sample: dict | None,
+    tau: float,
+) -> torch.Tensor:
     r"""The training KL term of ``latent`` **per categorical variable**, ``(B, N)``; summed over ``N`` it equals
     ``latent.kl(params, sample, tau)`` (free bits need the per-variable terms). ``"recab"`` is
     :func:`vaebook.relaxed.recab` on the same logits."""
@@ -68,13 +86,18 @@ def discrete_kl_per_variable(latent: CategoricalLatent, params: torch.Tensor, sa
         return relaxed_kl_equal_tau_exact(params, p)
     if kind == "relaxed_mc":
         if sample is None:
-            raise ValueError("kl='relaxed_mc' needs the sample drawn by rsample")
+            raise ValueError(
+                "kl='relaxed_mc' needs the sample drawn by rsample"
+            )
         tau_p = tau if latent.tau_prior is None else latent.tau_prior
         log_y = sample["log_y"]
         lq = exp_concrete_log_prob(log_y, params, tau)
         lp = exp_concrete_log_prob(log_y, p.expand_as(params), tau_p)
         return (lq - lp).mean(0)
-    raise ValueError(f"per-variable KL terms are defined for {KL_CHOICES}, not for a callable kl")
+    raise ValueError(
+        f"per-variable KL terms are defined for {KL_CHOICES}, not for a "
+        "callable kl"
+    )
 
 
 class JointEncoder(nn.Module):
@@ -82,25 +105,56 @@ class JointEncoder(nn.Module):
     the logits ``(B, N, K)`` of :math:`N` categorical variables, from one shared trunk. The log-variance is
     soft-clamped to ``[-logvar_bound, logvar_bound]`` as in :class:`vaebook.models.GaussianEncoder`."""
 
-    def __init__(self, data_dim: int, latent_dim: int, num_vars: int, num_classes: int,
-                 hidden: Sequence[int] = (256,), activation: str = "relu", logvar_bound: float = 12.0):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        num_vars: int,
+        num_classes: int,
+        hidden: Sequence[int] = (256,),
+        activation: str = "relu",
+        logvar_bound: float = 12.0,
+    ):
         super().__init__()
-        for name, v, lo in (("data_dim", data_dim, 1), ("latent_dim", latent_dim, 1), ("num_vars", num_vars, 1),
-                            ("num_classes", num_classes, 2)):
+        for name, v, lo in (
+            ("data_dim", data_dim, 1),
+            ("latent_dim", latent_dim, 1),
+            ("num_vars", num_vars, 1),
+            ("num_classes", num_classes, 2),
+        ):
             check_int(name, v, lo)
-        if isinstance(logvar_bound, bool) or not isinstance(logvar_bound, numbers.Real) \
-                or not 0 < logvar_bound < math.inf:
-            raise ValueError(f"logvar_bound must be a number > 0 and finite, got {logvar_bound!r}")
-        self.latent_dim, self.num_vars, self.num_classes = int(latent_dim), int(num_vars), int(num_classes)
+        if (
+            isinstance(logvar_bound, bool)
+            or not isinstance(logvar_bound, numbers.Real)
+            or not 0 < logvar_bound < math.inf
+        ):
+            raise ValueError(
+                "logvar_bound must be a number > 0 and finite, got "
+                f"{logvar_bound!r}"
+            )
+        self.latent_dim, self.num_vars, self.num_classes = (
+            int(latent_dim),
+            int(num_vars),
+            int(num_classes),
+        )
         self.logvar_bound = float(logvar_bound)
-        self.net = MLP(data_dim, hidden, 2 * self.latent_dim + self.num_vars * self.num_classes, activation)
+        self.net = MLP(
+            data_dim,
+            hidden,
+            2 * self.latent_dim + self.num_vars * self.num_classes,
+            activation,
+        )
 
     def forward(self, x: torch.Tensor):
         h = self.net(x.flatten(start_dim=1) if x.dim() > 2 else x)
         D = self.latent_dim
         b = self.logvar_bound
-        q_mean, raw, logits = h[..., :D], h[..., D:2 * D], h[..., 2 * D:]
-        return q_mean, b * torch.tanh(raw / b), logits.unflatten(-1, (self.num_vars, self.num_classes))
+        q_mean, raw, logits = h[..., :D], h[..., D : 2 * D], h[..., 2 * D :]
+        return (
+            q_mean,
+            b * torch.tanh(raw / b),
+            logits.unflatten(-1, (self.num_vars, self.num_classes)),
+        )
 
 
 class ReCABVAE(CategoricalVAE):
@@ -125,30 +179,81 @@ class ReCABVAE(CategoricalVAE):
     ``kl``; evaluation mode: the exact categorical KL of the discrete model).
     """
 
-    def __init__(self, enc: nn.Module, dec: nn.Module, latent_dim: int, num_vars: int = 1, num_classes: int = 10,
-                 kl="recab", tau=0.5, beta: float = 1.0, beta_c: float = 1.0, free_bits: float = 0.0,
-                 warmup_steps: int = 0, binarize: str | None = "dynamic"):
+    def __init__(
+        self,
+        enc: nn.Module,
+        dec: nn.Module,
+        latent_dim: int,
+        num_vars: int = 1,
+        num_classes: int = 10,
+        kl="recab",
+        tau=0.5,
+        beta: float = 1.0,
+        beta_c: float = 1.0,
+        free_bits: float = 0.0,
+        warmup_steps: int = 0,
+        binarize: str | None = "dynamic",
+    ):
         if callable(kl) or kl not in KL_CHOICES:
             raise ValueError(f"kl must be one of {KL_CHOICES}, got {kl!r}")
-        for name, v in (("beta", beta), ("beta_c", beta_c), ("free_bits", free_bits)):
+        for name, v in (
+            ("beta", beta),
+            ("beta_c", beta_c),
+            ("free_bits", free_bits),
+        ):
             check_number(name, v, 0.0)
         check_int("warmup_steps", warmup_steps, 0)
         check_int("latent_dim", latent_dim)
-        latent = CategoricalLatent(num_vars, num_classes, kl=kl, prior="uniform")
-        super().__init__(enc, dec, kl=kl, tau=tau, beta=beta, binarize=binarize, latent=latent)
+        latent = CategoricalLatent(
+            num_vars, num_classes, kl=kl, prior="uniform"
+        )
+        super().__init__(
+            enc,
+            dec,
+            kl=kl,
+            tau=tau,
+            beta=beta,
+            binarize=binarize,
+            latent=latent,
+        )
         self.latent_dim = int(latent_dim)
-        self.beta_c, self.free_bits, self.warmup_steps = float(beta_c), float(free_bits), int(warmup_steps)
+        self.beta_c, self.free_bits, self.warmup_steps = (
+            float(beta_c),
+            float(free_bits),
+            int(warmup_steps),
+        )
 
     @classmethod
-    def mlp(cls, latent_dim: int = 8, num_vars: int = 1, num_classes: int = 10, hidden: Sequence[int] = (256,),
-            data_shape: Sequence[int] = (1, 28, 28), activation: str = "relu", **kwargs) -> "ReCABVAE":
+    def mlp(
+        cls,
+        latent_dim: int = 8,
+        num_vars: int = 1,
+        num_classes: int = 10,
+        hidden: Sequence[int] = (256,),
+        data_shape: Sequence[int] = (1, 28, 28),
+        activation: str = "relu",
+        **kwargs,
+    ) -> "ReCABVAE":
         """Encoder ``D_x-hidden-(2D + N*K)`` and Bernoulli decoder ``(D + N*K)-reversed(hidden)-D_x``; keyword
         arguments go to :class:`ReCABVAE`."""
-        enc = JointEncoder(math.prod(data_shape), latent_dim, num_vars, num_classes, hidden, activation)
-        dec = BernoulliDecoder(latent_dim + num_vars * num_classes, data_shape, tuple(reversed(hidden)), activation)
+        enc = JointEncoder(
+            math.prod(data_shape),
+            latent_dim,
+            num_vars,
+            num_classes,
+            hidden,
+            activation,
+        )
+        dec = BernoulliDecoder(
+            latent_dim + num_vars * num_classes,
+            data_shape,
+            tuple(reversed(hidden)),
+            activation,
+        )
         return cls(enc, dec, latent_dim, num_vars, num_classes, **kwargs)
 
-    # -- pieces -------------------------------------------------------------------------------------------------
+    # -- pieces
+    # -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor):
         """``(q_mean, q_logvar, logits)``: ``(B, D)``, ``(B, D)``, ``(B, N, K)``."""
         return self.enc(x)
@@ -168,10 +273,15 @@ class ReCABVAE(CategoricalVAE):
         return self.beta * min(1.0, (step + 1) / self.warmup_steps)
 
     def _gauss_sample(self, q_mean, q_logvar, num_samples):
-        eps = torch.randn((num_samples, *q_mean.shape), dtype=q_mean.dtype, device=q_mean.device)
+        eps = torch.randn(
+            (num_samples, *q_mean.shape),
+            dtype=q_mean.dtype,
+            device=q_mean.device,
+        )
         return q_mean + torch.exp(0.5 * q_logvar) * eps
 
-    # -- objectives ---------------------------------------------------------------------------------------------
+    # -- objectives
+    # -------------------------------------------------------------------------
     def _terms(self, x, num_samples=1, discrete=None, tau=None):
         discrete = (not self.training) if discrete is None else discrete
         q_mean, q_logvar, params = self.encode(x)
@@ -189,13 +299,24 @@ class ReCABVAE(CategoricalVAE):
         rec = self.decode(z, y).log_prob(x).mean(0)
         return rec, kl_c, kl_dn
 
-    def elbo(self, x: torch.Tensor, num_samples: int = 1, discrete: bool | None = None,
-             tau: float | None = None) -> dict[str, torch.Tensor]:
+    def elbo(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        discrete: bool | None = None,
+        tau: float | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Per-example ``{"elbo", "rec", "kl", "kl_c", "kl_d"}`` (``(B,)`` each); ``discrete`` defaults to
         ``not self.training``, ``tau`` (relaxed mode) to :attr:`tau`."""
         rec, kl_c, kl_dn = self._terms(x, num_samples, discrete, tau)
         kl_d = kl_dn.sum(-1)
-        return {"elbo": rec - kl_c - kl_d, "rec": rec, "kl": kl_c + kl_d, "kl_c": kl_c, "kl_d": kl_d}
+        return {
+            "elbo": rec - kl_c - kl_d,
+            "rec": rec,
+            "kl": kl_c + kl_d,
+            "kl_c": kl_c,
+            "kl_d": kl_d,
+        }
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         r"""Relaxed training loss :math:`-\overline{\mathrm{rec}}+\beta_c\overline{\mathrm{KL}}_c+\beta_d(t)\,P_d`
@@ -204,13 +325,24 @@ class ReCABVAE(CategoricalVAE):
         x = self._prepare(batch)
         tau, weight = self.tau, self.kl_weight()
         rec, kl_c, kl_dn = self._terms(x, 1, False, tau)
-        penalty = kl_dn.mean(0).clamp_min(self.free_bits).sum() if self.free_bits > 0 else kl_dn.sum(-1).mean()
+        penalty = (
+            kl_dn.mean(0).clamp_min(self.free_bits).sum()
+            if self.free_bits > 0
+            else kl_dn.sum(-1).mean()
+        )
         loss = -rec.mean() + self.beta_c * kl_c.mean() + weight * penalty
         if self.training:
             self.step += 1
         kl_d = kl_dn.sum(-1)
-        return loss, {"loss": loss.item(), "elbo": (rec - kl_c - kl_d).mean().item(), "rec": rec.mean().item(),
-                      "kl_c": kl_c.mean().item(), "kl_d": kl_d.mean().item(), "tau": tau, "beta_d": weight}
+        return loss, {
+            "loss": loss.item(),
+            "elbo": (rec - kl_c - kl_d).mean().item(),
+            "rec": rec.mean().item(),
+            "kl_c": kl_c.mean().item(),
+            "kl_d": kl_d.mean().item(),
+            "tau": tau,
+            "beta_d": weight,
+        }
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         r"""Discrete-model log-weights :math:`\log p(x\mid z_s,y_s)+\log p(z_s)+\log p(y_s)-\log q(z_s\mid x)
@@ -221,30 +353,48 @@ class ReCABVAE(CategoricalVAE):
         std = torch.exp(0.5 * q_logvar)
         log_q_z = torch.distributions.Normal(q_mean, std).log_prob(z).sum(-1)
         log_p_z = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-        return (self.decode(z, y).log_prob(x) + log_p_z - log_q_z + self.latent.prior_log_prob(y)
-                - self.latent.discrete_log_q(params, y))
+        return (
+            self.decode(z, y).log_prob(x)
+            + log_p_z
+            - log_q_z
+            + self.latent.prior_log_prob(y)
+            - self.latent.discrete_log_q(params, y)
+        )
 
-    # -- reading the model ----------------------------------------------------------------------------------------
+    # -- reading the model
+    # -------------------------------------------------------------------------
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """The most likely class of each categorical variable, ``(B, N)`` (``long``)."""
         return self.encode(x.to(self._device()))[2].argmax(-1)
 
     @torch.no_grad()
-    def decode_classes(self, z: torch.Tensor | None = None, var: int = 0) -> torch.Tensor:
+    def decode_classes(
+        self, z: torch.Tensor | None = None, var: int = 0
+    ) -> torch.Tensor:
         """Images (pixel means) decoded from each class ``k`` of variable ``var`` (the others at class 0), with the
         Gaussian code ``z`` ``(D,)`` (default 0): ``(K, *data_shape)``."""
         K = self.num_classes
-        z = torch.zeros(self.latent_dim, device=self._device()) if z is None else z.to(self._device())
+        z = (
+            torch.zeros(self.latent_dim, device=self._device())
+            if z is None
+            else z.to(self._device())
+        )
         y = torch.zeros(K, self.num_vars, K, device=self._device())
         y[:, :, 0] = 1.0
         y[:, var] = torch.eye(K, device=self._device())
-        return self.dec.mean(torch.cat([z.expand(K, -1), y.flatten(start_dim=-2)], -1))
+        return self.dec.mean(
+            torch.cat([z.expand(K, -1), y.flatten(start_dim=-2)], -1)
+        )
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` images decoded from prior codes (standard normal ``z``, uniform one-hot ``y``)."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self._device())
+        z = torch.randn(n, self.latent_dim, generator=generator).to(
+            self._device()
+        )
         y = self.latent.sample_prior(n, generator=generator).to(self._device())
         return self.dec.mean(torch.cat([z, y.flatten(start_dim=-2)], -1))
 
@@ -256,7 +406,9 @@ class ReCABVAE(CategoricalVAE):
         return self.dec.mean(torch.cat([q_mean, y.flatten(start_dim=-2)], -1))
 
 
-def code_purity(train_codes, train_labels, test_codes, test_labels, num_classes: int = 10) -> dict[str, float]:
+def code_purity(
+    train_codes, train_labels, test_codes, test_labels, num_classes: int = 10
+) -> dict[str, float]:
     r"""How much of the digit identity a discrete code carries (Chapter 5).
 
     Codes are either class indices ``(M,)`` (e.g. the arg max of the posterior) or posterior probabilities
@@ -278,43 +430,83 @@ def code_purity(train_codes, train_labels, test_codes, test_labels, num_classes:
 
     def joint(codes, labels):
         codes, labels = torch.as_tensor(codes), torch.as_tensor(labels)
-        if labels.dim() != 1 or labels.is_floating_point() or bool(((labels < 0) | (labels > 9)).any()):
+        if (
+            labels.dim() != 1
+            or labels.is_floating_point()
+            or bool(((labels < 0) | (labels > 9)).any())
+        ):
             raise ValueError("labels must be (M,) integer digits in [0, 9]")
         labels = labels.long()
         if codes.dim() == 1:
-            if codes.is_floating_point() or bool(((codes < 0) | (codes >= num_classes)).any()):
-                raise ValueError(f"codes must be (M,) integer class indices in [0, num_classes) = [0, {num_classes}) "
-                                 "or (M, num_classes) probabilities")
+            if codes.is_floating_point() or bool(
+                ((codes < 0) | (codes >= num_classes)).any()
+            ):
+                raise ValueError(
+                    "codes must be (M,) integer class indices in [0, "
+                    f"num_classes) = [0, {num_classes}) "
+                    "or (M, num_classes) probabilities"
+                )
             codes = F.one_hot(codes.long(), num_classes)
         if codes.dim() != 2 or codes.shape != (labels.shape[0], num_classes):
-            raise ValueError("codes must be (M,) class indices or (M, num_classes) probabilities, labels (M,)")
+            raise ValueError(
+                "codes must be (M,) class indices or (M, num_classes) "
+                "probabilities, labels (M,)"
+            )
         if not bool(((codes >= 0) & (codes <= 1)).all()):  # also NaN
-            raise ValueError("codes must be probabilities in [0, 1] (no NaN) when given as (M, num_classes)")
-        return codes.double().T @ F.one_hot(labels, 10).double(), codes.double()  # (K, 10) soft counts
+            raise ValueError(
+                "codes must be probabilities in [0, 1] (no NaN) when given as "
+                "(M, num_classes)"
+            )
+        return codes.double().T @ F.one_hot(
+            labels, 10
+        ).double(), codes.double()  # (K, 10) soft counts
 
     counts, _ = joint(train_codes, train_labels)
     test_joint, probs = joint(test_codes, test_labels)
     mapping = counts.argmax(-1)  # class -> digit
-    hit = (mapping[:, None] == torch.as_tensor(test_labels).long()[None, :]).double()  # (K, M)
+    hit = (
+        mapping[:, None] == torch.as_tensor(test_labels).long()[None, :]
+    ).double()  # (K, M)
     accuracy = (probs.T * hit).sum(0).mean().item()
     pj = test_joint / test_joint.sum()
     pc, pl = pj.sum(1), pj.sum(0)
     nz = pj > 0
-    mi = (pj[nz] * (pj[nz] / (pc[:, None] * pl[None, :])[nz]).log()).sum().item()
+    mi = (
+        (pj[nz] * (pj[nz] / (pc[:, None] * pl[None, :])[nz]).log())
+        .sum()
+        .item()
+    )
     h = lambda p: -(p[p > 0] * p[p > 0].log()).sum().item()  # noqa: E731
     hc, hl = h(pc), h(pl)
     nmi = max(0.0, mi) / math.sqrt(hc * hl) if hc > 0 and hl > 0 else 0.0
     return {"accuracy": accuracy, "nmi": nmi, "used": int((pc >= 0.01).sum())}
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # the Chapter 5 checkpoint and comparison
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 #: model and training settings shared by every arm of the comparison
-RECIPE = dict(latent_dim=8, num_vars=1, num_classes=10, hidden=(256,), tau0=1.0, tau_min=0.5, rate=5e-4, every=100,
-              num_epochs=10, batch_size=100, lr=1e-3, num_train=None, num_test=None, seeds=(0, 1, 2), eval_k=100,
-              eval_num_test=500, saved_arm="recab_fb", saved_seed=0)
+RECIPE = dict(
+    latent_dim=8,
+    num_vars=1,
+    num_classes=10,
+    hidden=(256,),
+    tau0=1.0,
+    tau_min=0.5,
+    rate=5e-4,
+    every=100,
+    num_epochs=10,
+    batch_size=100,
+    lr=1e-3,
+    num_train=None,
+    num_test=None,
+    seeds=(0, 1, 2),
+    eval_k=100,
+    eval_num_test=500,
+    saved_arm="recab_fb",
+    saved_seed=0,
+)
 
 #: the arms of the comparison: name -> keyword arguments of :class:`ReCABVAE`
 ARMS = {
@@ -331,20 +523,48 @@ def build(arm: str = "recab_fb", **overrides) -> ReCABVAE:
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
     r = {**RECIPE, **ARMS[arm], **overrides}
-    kw = {k: r[k] for k in ("kl", "beta", "beta_c", "free_bits", "warmup_steps") if k in r}
-    return ReCABVAE.mlp(r["latent_dim"], r["num_vars"], r["num_classes"], hidden=tuple(r["hidden"]),
-                        tau=jang_schedule(r["tau0"], r["tau_min"], r["rate"], r["every"]), **kw)
+    kw = {
+        k: r[k]
+        for k in ("kl", "beta", "beta_c", "free_bits", "warmup_steps")
+        if k in r
+    }
+    return ReCABVAE.mlp(
+        r["latent_dim"],
+        r["num_vars"],
+        r["num_classes"],
+        hidden=tuple(r["hidden"]),
+        tau=jang_schedule(r["tau0"], r["tau_min"], r["rate"], r["every"]),
+        **kw,
+    )
 
 
 def _train_one(arm, seed, x_train, r, progress):
     from .train import fit
 
     torch.manual_seed(seed)
-    model = build(arm, **{k: v for k, v in r.items() if k in ("latent_dim", "num_vars", "num_classes", "hidden")})
+    model = build(
+        arm,
+        **{
+            k: v
+            for k, v in r.items()
+            if k in ("latent_dim", "num_vars", "num_classes", "hidden")
+        },
+    )
     model.dec.init_bias(x_train)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=r["batch_size"],
-                                         shuffle=True, generator=torch.Generator().manual_seed(seed))
-    hist = fit(model, loader, r["num_epochs"], lr=r["lr"], seed=seed, progress=progress)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_train),
+        batch_size=r["batch_size"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    hist = fit(
+        model,
+        loader,
+        r["num_epochs"],
+        lr=r["lr"],
+        seed=seed,
+        progress=progress,
+    )
     return model, hist
 
 
@@ -357,29 +577,65 @@ def _evaluate(model, x_tr, y_tr, x_te, y_te, r, seed):
     ev = evaluate(model, x_te)
     ev_k = evaluate(model, x_te[: r["eval_num_test"]], k=r["eval_k"])
     model.train()
-    relaxed_terms = model.elbo(x_te, discrete=False, tau=model.tau)  # relaxed model with the training KL term
+    relaxed_terms = model.elbo(
+        x_te, discrete=False, tau=model.tau
+    )  # relaxed model with the training KL term
     model.latent.kl_type, kind = "relaxed_exact", model.latent.kl_type
-    exact = model.elbo(x_te, discrete=False, tau=model.tau)  # the relaxed model's true ELBO
+    exact = model.elbo(
+        x_te, discrete=False, tau=model.tau
+    )  # the relaxed model's true ELBO
     model.latent.kl_type = kind
     model.eval()
     params = model.encode(x_te)[2]
-    probs = lambda x: torch.softmax(model.encode(x)[2][:, 0], -1)  # noqa: E731  (variable 0)
-    purity = code_purity(probs(x_tr), y_tr, probs(x_te), y_te, model.num_classes)
-    hard = code_purity(model.codes(x_tr)[:, 0], y_tr, model.codes(x_te)[:, 0], y_te, model.num_classes)
-    return {"test_elbo": ev["elbo"], "test_elbo_se": ev["elbo_se"], "test_bound": ev_k["iwae"],
-            "test_bound_se": ev_k["iwae_se"], "relaxed_elbo": exact["elbo"].mean().item(),
-            "train_objective_elbo": relaxed_terms["elbo"].mean().item(),
-            "kl_c": kl_normal_diag(*model.encode(x_te)[:2]).mean().item(),
-            "kl_cat": kl_categorical(params, model.latent.prior_logits).sum(-1).mean().item(),
-            "kl_relaxed": relaxed_kl_equal_tau_exact(params, model.latent.prior_logits).sum(-1).mean().item(),
-            "kl_recab": recab(params, model.latent.prior_logits).sum(-1).mean().item(),
-            **{f"code_{k}": v for k, v in purity.items()},
-            **{f"argmax_{k}": v for k, v in hard.items()}}
+    # noqa: E731  (variable 0)
+    probs = lambda x: torch.softmax(model.encode(x)[2][:, 0], -1)
+    purity = code_purity(
+        probs(x_tr), y_tr, probs(x_te), y_te, model.num_classes
+    )
+    hard = code_purity(
+        model.codes(x_tr)[:, 0],
+        y_tr,
+        model.codes(x_te)[:, 0],
+        y_te,
+        model.num_classes,
+    )
+    return {
+        "test_elbo": ev["elbo"],
+        "test_elbo_se": ev["elbo_se"],
+        "test_bound": ev_k["iwae"],
+        "test_bound_se": ev_k["iwae_se"],
+        "relaxed_elbo": exact["elbo"].mean().item(),
+        "train_objective_elbo": relaxed_terms["elbo"].mean().item(),
+        "kl_c": kl_normal_diag(*model.encode(x_te)[:2]).mean().item(),
+        "kl_cat": kl_categorical(params, model.latent.prior_logits)
+        .sum(-1)
+        .mean()
+        .item(),
+        "kl_relaxed": relaxed_kl_equal_tau_exact(
+            params, model.latent.prior_logits
+        )
+        .sum(-1)
+        .mean()
+        .item(),
+        "kl_recab": recab(params, model.latent.prior_logits)
+        .sum(-1)
+        .mean()
+        .item(),
+        **{f"code_{k}": v for k, v in purity.items()},
+        **{f"argmax_{k}": v for k, v in hard.items()},
+    }
 
 
-def train(out: str | Path | None = None, num_epochs: int | None = None, progress: bool = True, root=None,
-          arms: Sequence[str] | None = None, seeds: Sequence[int] | None = None, num_train: int | None = None,
-          **overrides) -> tuple[ReCABVAE, dict]:
+def train(
+    out: str | Path | None = None,
+    num_epochs: int | None = None,
+    progress: bool = True,
+    root=None,
+    arms: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    num_train: int | None = None,
+    **overrides,
+) -> tuple[ReCABVAE, dict]:
     """Run the Chapter 5 comparison: every arm of :data:`ARMS` x every seed on the MNIST training images (dynamic
     binarisation), evaluated on the statically binarised test images (discrete ELBO; the ``eval_k``-sample bound
     on ``eval_num_test`` images; the relaxed model's ELBO with the exact relaxed KL; the KL terms; what the code
@@ -397,7 +653,10 @@ def train(out: str | Path | None = None, num_epochs: int | None = None, progress
     arms = list(ARMS) if arms is None else list(arms)
     seeds = list(r["seeds"] if seeds is None else seeds)
     if r["saved_arm"] not in arms or r["saved_seed"] not in seeds:
-        arms, seeds = arms + [r["saved_arm"]] * (r["saved_arm"] not in arms), seeds
+        arms, seeds = (
+            arms + [r["saved_arm"]] * (r["saved_arm"] not in arms),
+            seeds,
+        )
         if r["saved_seed"] not in seeds:
             seeds = [r["saved_seed"], *seeds]
     x_tr, y_tr = load_mnist("train", root=root)
@@ -406,7 +665,9 @@ def train(out: str | Path | None = None, num_epochs: int | None = None, progress
     x_te, y_te = load_mnist("test", root=root, binarize="static")
     if r["num_test"] is not None:
         x_te, y_te = x_te[: r["num_test"]], y_te[: r["num_test"]]
-    x_tr_bin = torch.bernoulli(x_tr, generator=torch.Generator().manual_seed(1))
+    x_tr_bin = torch.bernoulli(
+        x_tr, generator=torch.Generator().manual_seed(1)
+    )
     results, histories, saved, t_all = {}, {}, None, time.perf_counter()
     for arm in arms:
         for seed in seeds:
@@ -414,20 +675,41 @@ def train(out: str | Path | None = None, num_epochs: int | None = None, progress
             ev = _evaluate(model, x_tr_bin, y_tr, x_te, y_te, r, seed)
             ev["train_seconds"] = hist.seconds
             results[f"{arm}/{seed}"] = ev
-            histories[f"{arm}/{seed}"] = {k: hist[k] for k in ("elbo", "kl_c", "kl_d", "rec")}
+            histories[f"{arm}/{seed}"] = {
+                k: hist[k] for k in ("elbo", "kl_c", "kl_d", "rec")
+            }
             if progress:
-                print(f"{arm:>12} seed {seed}: test ELBO {ev['test_elbo']:.2f}, KL_cat {ev['kl_cat']:.2f}, "
-                      f"code accuracy {ev['code_accuracy']:.3f} ({hist.seconds:.0f} s)")
+                print(
+                    f"{arm:>12} seed {seed}: test ELBO {ev['test_elbo']:.2f}, "
+                    f"KL_cat {ev['kl_cat']:.2f}, "
+                    f"code accuracy {ev['code_accuracy']:.3f} "
+                    f"({hist.seconds:.0f} s)"
+                )
             if arm == r["saved_arm"] and seed == r["saved_seed"]:
                 saved = model
     meta = {
-        "name": "ch05_recab_vae", "recipe": {**r, "hidden": list(r["hidden"]), "seeds": seeds},
-        "arms": {a: ARMS[a] for a in arms}, "num_train": len(x_tr), "num_test": len(x_te),
-        "steps": int(saved.step), "final_tau": saved.tau, "results": results, "histories": histories,
-        "seconds": time.perf_counter() - t_all, "torch": torch.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "command": "VAEBOOK_THREADS=1 python -m vaebook.recab_vae",
+        "name": "ch05_recab_vae",
+        "recipe": {**r, "hidden": list(r["hidden"]), "seeds": seeds},
+        "arms": {a: ARMS[a] for a in arms},
+        "num_train": len(x_tr),
+        "num_test": len(x_te),
+        "steps": int(saved.step),
+        "final_tau": saved.tau,
+        "results": results,
+        "histories": histories,
+        "seconds": time.perf_counter() - t_all,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "command": "VAEBOOK_THREADS=1 python -m vaebook.recab_vae",
     }
-    path = Path(out) if out is not None else Path(__file__).resolve().parent / "checkpoints" / "ch05_recab_vae.pt"
+    path = (
+        Path(out)
+        if out is not None
+        else Path(__file__).resolve().parent
+        / "checkpoints"
+        / "ch05_recab_vae.pt"
+    )
     save_checkpoint(saved, path, **meta)
     saved.eval()
     return saved, meta
@@ -436,8 +718,11 @@ def train(out: str | Path | None = None, num_epochs: int | None = None, progress
 if __name__ == "__main__":  # pragma: no cover
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m vaebook.recab_vae",
-                                 description="train the ch05_recab_vae checkpoint and the Chapter 5 comparison")
+    ap = argparse.ArgumentParser(
+        prog="python -m vaebook.recab_vae",
+        description="train the ch05_recab_vae checkpoint and the Chapter 5 "
+        "comparison",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--num-epochs", type=int, default=None)
     ap.add_argument("--num-train", type=int, default=None)
@@ -448,6 +733,12 @@ if __name__ == "__main__":  # pragma: no cover
     from .utils import get_device
 
     get_device()  # applies $VAEBOOK_THREADS (use 1 on a small shared machine)
-    _, meta = train(out=a.out, num_epochs=a.num_epochs, progress=not a.no_progress, arms=a.arms, seeds=a.seeds,
-                    num_train=a.num_train)
+    _, meta = train(
+        out=a.out,
+        num_epochs=a.num_epochs,
+        progress=not a.no_progress,
+        arms=a.arms,
+        seeds=a.seeds,
+        num_train=a.num_train,
+    )
     print(f"done in {meta['seconds']:.0f} s")

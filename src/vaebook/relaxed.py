@@ -21,6 +21,7 @@ range, and the relaxed KL exists: :func:`relaxed_kl` (Monte Carlo in ExpConcrete
 :func:`relaxed_kl_equal_tau_exact` (equal temperatures: the KL does not depend on tau and is a 1-D integral),
 plus :func:`recab`, a closed-form upper bound for equal temperatures (a reconstruction of ReCAB, Chapter 5).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,11 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Distribution, TransformedDistribution, constraints
+from torch.distributions import (
+    Distribution,
+    TransformedDistribution,
+    constraints,
+)
 from torch.distributions.kl import register_kl
 from torch.distributions.transforms import ExpTransform
 from .utils import check_int, check_number
@@ -50,62 +55,101 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # argument checks
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def _describe(value) -> str:
     if torch.is_tensor(value) and value.numel() > 1:
         v = value.detach()
-        bad = v[~(torch.isfinite(v) & (v > 0))] if v.is_floating_point() else v[~(v > 0)]
-        first = bad.flatten()[0].item() if bad.numel() else v.flatten()[0].item()
+        bad = (
+            v[~(torch.isfinite(v) & (v > 0))]
+            if v.is_floating_point()
+            else v[~(v > 0)]
+        )
+        first = (
+            bad.flatten()[0].item() if bad.numel() else v.flatten()[0].item()
+        )
         return f"a tensor of shape {tuple(v.shape)} containing {first!r}"
     if torch.is_tensor(value):
-        return repr(value.detach().item()) if value.numel() == 1 else "an empty tensor"
+        return (
+            repr(value.detach().item())
+            if value.numel() == 1
+            else "an empty tensor"
+        )
     return repr(value)
 
 
-def _as_logits(logits, name: str = "logits", allow_neg_inf: bool = False) -> torch.Tensor:
+def _as_logits(
+    logits, name: str = "logits", allow_neg_inf: bool = False
+) -> torch.Tensor:
     """Logits as a floating tensor of shape ``(..., K)``, K >= 2, without NaN / +inf (and -inf unless allowed)."""
     logits = torch.as_tensor(logits)
     if not torch.is_floating_point(logits):
         logits = logits.to(torch.get_default_dtype())
     if logits.dim() == 0 or logits.shape[-1] < 2:
         raise ValueError(
-            f"{name} must have shape (..., K) with K >= 2 categories in the last dimension, got shape {tuple(logits.shape)}"
+            f"{name} must have shape (..., K) with K >= 2 categories in the "
+            f"last dimension, got shape {tuple(logits.shape)}"
         )
     d = logits.detach()
     if torch.isnan(d).any():
-        raise ValueError(f"{name} contains NaN; {name} must be real numbers (finite, e.g. in [-50, 50])")
+        raise ValueError(
+            f"{name} contains NaN; {name} must be real numbers (finite, e.g. "
+            "in [-50, 50])"
+        )
     if allow_neg_inf:
         if (d == math.inf).any():
-            raise ValueError(f"{name} contains +inf; {name} must be finite or -inf (a category with probability 0)")
+            raise ValueError(
+                f"{name} contains +inf; {name} must be finite or -inf (a "
+                "category with probability 0)"
+            )
         if (d.amax(-1) == -math.inf).any():
-            raise ValueError(f"{name} has a row where every entry is -inf; at least one category needs a finite logit")
+            raise ValueError(
+                f"{name} has a row where every entry is -inf; at least one "
+                "category needs a finite logit"
+            )
     elif torch.isinf(d).any():
-        raise ValueError(f"{name} must be finite (no inf; e.g. in [-50, 50]); categories with probability 0 have no density")
+        raise ValueError(
+            f"{name} must be finite (no inf; e.g. in [-50, 50]); categories "
+            "with probability 0 have no density"
+        )
     return logits
 
 
 def _as_tau(tau, ref: torch.Tensor, name: str = "tau") -> torch.Tensor:
     """``tau`` as a tensor of ``ref``'s dtype/device; raises unless finite and > 0 and broadcastable to the batch."""
-    if isinstance(tau, bool) or (torch.is_tensor(tau) and tau.dtype == torch.bool):
-        raise ValueError(f"{name} must be > 0 and finite (a number or a tensor in (0, inf)), got a bool")
+    if isinstance(tau, bool) or (
+        torch.is_tensor(tau) and tau.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"{name} must be > 0 and finite (a number or a tensor in (0, "
+            "inf)), got a bool"
+        )
     if not (torch.is_tensor(tau) or isinstance(tau, numbers.Real)):
-        raise ValueError(f"{name} must be > 0 and finite (a number or a tensor in (0, inf)), got {type(tau).__name__}")
+        raise ValueError(
+            f"{name} must be > 0 and finite (a number or a tensor in (0, "
+            f"inf)), got {type(tau).__name__}"
+        )
     if torch.is_tensor(tau):
         t = tau.to(device=ref.device, dtype=ref.dtype)
-    else:  # a Python number goes straight to ref's dtype (no float32 round trip: 0.7 stays 0.7 in float64)
+    # a Python number goes straight to ref's dtype (no float32 round
+    # trip: 0.7 stays 0.7 in float64)
+    else:
         t = torch.tensor(float(tau), dtype=ref.dtype, device=ref.device)
     d = t.detach()
     if not bool((torch.isfinite(d) & (d > 0)).all()):
-        raise ValueError(f"{name} must be > 0 and finite (allowed range: 0 < {name} < inf), got {_describe(tau)}")
+        raise ValueError(
+            f"{name} must be > 0 and finite (allowed range: 0 < {name} < "
+            f"inf), got {_describe(tau)}"
+        )
     try:
         torch.broadcast_shapes(t.shape, ref.shape[:-1])
     except RuntimeError:
         raise ValueError(
-            f"{name} must be a number or a tensor broadcastable to the batch shape {tuple(ref.shape[:-1])} "
+            f"{name} must be a number or a tensor broadcastable to the batch "
+            f"shape {tuple(ref.shape[:-1])} "
             f"(logits.shape[:-1]), got shape {tuple(t.shape)}"
         ) from None
     return t
@@ -119,23 +163,34 @@ def _event(tau: torch.Tensor) -> torch.Tensor:
 def _as_gumbel(gumbel, logits: torch.Tensor) -> torch.Tensor:
     g = torch.as_tensor(gumbel, dtype=logits.dtype, device=logits.device)
     if torch.isnan(g.detach()).any():
-        raise ValueError("gumbel contains NaN; pass Gumbel(0, 1) noise, e.g. from sample_gumbel")
+        raise ValueError(
+            "gumbel contains NaN; pass Gumbel(0, 1) noise, e.g. from "
+            "sample_gumbel"
+        )
     try:
         torch.broadcast_shapes(g.shape, logits.shape)
     except RuntimeError:
         raise ValueError(
-            f"gumbel must be broadcastable to logits' shape {tuple(logits.shape)}, got shape {tuple(g.shape)}"
+            "gumbel must be broadcastable to logits' shape "
+            f"{tuple(logits.shape)}, got shape {tuple(g.shape)}"
         ) from None
     if g.dim() == 0 or g.shape[-1] not in (1, logits.shape[-1]):
-        raise ValueError(f"gumbel must have shape (..., {logits.shape[-1]}), got shape {tuple(g.shape)}")
+        raise ValueError(
+            f"gumbel must have shape (..., {logits.shape[-1]}), got shape "
+            f"{tuple(g.shape)}"
+        )
     return g
 
 
-def _noise(logits: torch.Tensor, tau_e: torch.Tensor, gumbel, generator) -> torch.Tensor:
+def _noise(
+    logits: torch.Tensor, tau_e: torch.Tensor, gumbel, generator
+) -> torch.Tensor:
     if gumbel is not None:
         return _as_gumbel(gumbel, logits)
     shape = torch.broadcast_shapes(logits.shape, tau_e.shape)
-    return sample_gumbel(shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    return sample_gumbel(
+        shape, generator=generator, dtype=logits.dtype, device=logits.device
+    )
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -143,9 +198,9 @@ def _tolerance(dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).eps)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # sampling
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def _scores(z: torch.Tensor, tau_e: torch.Tensor) -> torch.Tensor:
@@ -153,12 +208,20 @@ def _scores(z: torch.Tensor, tau_e: torch.Tensor) -> torch.Tensor:
     every score is -inf, and the softmax would be NaN), ``(z - max z) / tau`` instead, the same softmax with the largest
     score at 0. Rows without overflow are ``z / tau`` bit for bit."""
     scores = z / tau_e
-    bad = ~torch.isfinite(scores.detach().amax(-1, keepdim=True))  # no host sync: always a where
-    return torch.where(bad, (z - z.detach().amax(-1, keepdim=True)) / tau_e, scores)
+    bad = ~torch.isfinite(
+        scores.detach().amax(-1, keepdim=True)
+    )  # no host sync: always a where
+    return torch.where(
+        bad, (z - z.detach().amax(-1, keepdim=True)) / tau_e, scores
+    )
 
 
-def sample_gumbel(shape, generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
-                  device=None) -> torch.Tensor:
+def sample_gumbel(
+    shape,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
     r"""Standard Gumbel noise :math:`g=-\log(-\log U)`, :math:`U\sim\mathcal U(0,1)` (Chapter 3, Jang footnote 1).
 
     ``U`` is clamped to ``[tiny, 1 - eps/2]`` of ``dtype`` (the smallest normal number and the largest number below 1),
@@ -177,16 +240,26 @@ def sample_gumbel(shape, generator: torch.Generator | None = None, dtype: torch.
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in dims):
-        raise ValueError(f"shape must be a sequence of ints >= 0, got {shape!r}")
+    if not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+        for v in dims
+    ):
+        raise ValueError(
+            f"shape must be a sequence of ints >= 0, got {shape!r}"
+        )
     finfo = torch.finfo(dtype)
     u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     u = u.clamp(min=finfo.tiny, max=1.0 - finfo.eps / 2)
     return -torch.log(-torch.log(u))
 
 
-def gumbel_max(logits, generator: torch.Generator | None = None, *, return_index: bool = False,
-               gumbel=None) -> torch.Tensor:
+def gumbel_max(
+    logits,
+    generator: torch.Generator | None = None,
+    *,
+    return_index: bool = False,
+    gumbel=None,
+) -> torch.Tensor:
     r"""Exact categorical sample by the Gumbel-max trick (Chapter 3, Jang eq. 1).
 
     .. math:: z=\mathrm{one\_hot}\big(\arg\max_k(\ell_k+g_k)\big),\qquad P(z=e_k)=\mathrm{softmax}(\ell)_k .
@@ -202,8 +275,16 @@ def gumbel_max(logits, generator: torch.Generator | None = None, *, return_index
         ``(..., K)`` one-hot in ``logits.dtype`` (entries exactly 0 and 1), or the ``(...)`` index.
     """
     logits = _as_logits(logits, allow_neg_inf=True)
-    g = _as_gumbel(gumbel, logits) if gumbel is not None else sample_gumbel(
-        logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    g = (
+        _as_gumbel(gumbel, logits)
+        if gumbel is not None
+        else sample_gumbel(
+            logits.shape,
+            generator=generator,
+            dtype=logits.dtype,
+            device=logits.device,
+        )
+    )
     scores = logits.detach() + g.detach()
     index = scores.argmax(-1)
     if return_index:
@@ -215,7 +296,9 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the exact one-hot vector at ``index``; backward: the identity (gradient of the soft sample)."""
 
     @staticmethod
-    def forward(ctx, y_soft: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, y_soft: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
         return torch.zeros_like(y_soft).scatter_(-1, index.unsqueeze(-1), 1.0)
 
     @staticmethod
@@ -223,8 +306,15 @@ class _StraightThrough(torch.autograd.Function):
         return grad_output, None
 
 
-def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None,
-                   generator: torch.Generator | None = None, *, backend: str = "auto") -> torch.Tensor:
+def gumbel_softmax(
+    logits,
+    tau,
+    hard: bool = False,
+    gumbel=None,
+    generator: torch.Generator | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Gumbel-Softmax / Concrete sample (Chapter 3, Jang eq. 2), optionally straight-through (Jang §2.2).
 
     .. math:: y_k=\frac{\exp((\ell_k+g_k)/\tau)}{\sum_{j=1}^K\exp((\ell_j+g_j)/\tau)},\qquad g_k\sim\mathrm{Gumbel}(0,1).
@@ -253,7 +343,9 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None,
     from . import kernels
 
     if kernels.resolve_backend(backend, logits, tau, gumbel) == "triton":
-        return kernels.gumbel_softmax(logits, tau, hard, gumbel, generator, backend="triton")
+        return kernels.gumbel_softmax(
+            logits, tau, hard, gumbel, generator, backend="triton"
+        )
     logits = _as_logits(logits, allow_neg_inf=True)
     tau_e = _event(_as_tau(tau, logits))
     scores = _scores(logits + _noise(logits, tau_e, gumbel, generator), tau_e)
@@ -263,7 +355,9 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None,
     return y
 
 
-def exp_concrete_sample(logits, tau, gumbel=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def exp_concrete_sample(
+    logits, tau, gumbel=None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     r"""ExpConcrete sample :math:`Y=\log y` (Chapter 3, §"ExpConcrete"), computed without forming :math:`y`.
 
     .. math:: Y=\mathrm{log\_softmax}\big((\ell+g)/\tau\big),\qquad \mathrm{logsumexp}_k Y_k=0 .
@@ -284,49 +378,73 @@ def exp_concrete_sample(logits, tau, gumbel=None, generator: torch.Generator | N
     return torch.log_softmax(scores, dim=-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # densities
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
-def _exp_concrete_log_prob(log_y: torch.Tensor, logits: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    # log Gamma(K) + (K-1) log tau + sum_k log_softmax(logits - tau * Y)_k   (no checks)
+def _exp_concrete_log_prob(
+    log_y: torch.Tensor, logits: torch.Tensor, tau: torch.Tensor
+) -> torch.Tensor:
+    # log Gamma(K) + (K-1) log tau + sum_k log_softmax(logits - tau *
+    # Y)_k   (no checks)
     K = logits.shape[-1]
     s = logits - _event(tau) * log_y
-    return math.lgamma(K) + (K - 1) * torch.log(tau) + torch.log_softmax(s, dim=-1).sum(-1)
+    return (
+        math.lgamma(K)
+        + (K - 1) * torch.log(tau)
+        + torch.log_softmax(s, dim=-1).sum(-1)
+    )
 
 
-def _check_log_y(log_y, logits: torch.Tensor, name: str = "log_y") -> torch.Tensor:
+def _check_log_y(
+    log_y, logits: torch.Tensor, name: str = "log_y"
+) -> torch.Tensor:
     log_y = torch.as_tensor(log_y, device=logits.device)
     if not torch.is_floating_point(log_y):
         log_y = log_y.to(logits.dtype)
     K = logits.shape[-1]
     if log_y.dim() == 0 or log_y.shape[-1] != K:
-        raise ValueError(f"{name} must have shape (..., {K}) to match logits, got shape {tuple(log_y.shape)}")
+        raise ValueError(
+            f"{name} must have shape (..., {K}) to match logits, got shape "
+            f"{tuple(log_y.shape)}"
+        )
     d = log_y.detach()
     if torch.isnan(d).any():
-        raise ValueError(f"{name} contains NaN; {name} must be the log of a point in the open simplex")
+        raise ValueError(
+            f"{name} contains NaN; {name} must be the log of a point in the "
+            "open simplex"
+        )
     if torch.isinf(d).any():
         raise ValueError(
-            f"{name} must be finite: an entry of -inf is y_k = 0, on the boundary of the simplex, where the density "
-            f"is not defined (sample with exp_concrete_sample to avoid underflow)"
+            f"{name} must be finite: an entry of -inf is y_k = 0, on the "
+            "boundary of the simplex, where the density "
+            "is not defined (sample with exp_concrete_sample to avoid "
+            "underflow)"
         )
     tol = _tolerance(torch.promote_types(d.dtype, torch.float32))
     lse = torch.logsumexp(d, dim=-1)
     if (lse.abs() > tol).any():
         raise ValueError(
-            f"{name} must be the log of a point on the simplex: logsumexp({name}, -1) must be 0 within {tol:.1e}, "
-            f"got {lse.abs().max().item():.3g} (normalise with torch.log_softmax)"
+            f"{name} must be the log of a point on the simplex: "
+            f"logsumexp({name}, -1) must be 0 within {tol:.1e}, "
+            f"got {lse.abs().max().item():.3g} (normalise with "
+            "torch.log_softmax)"
         )
     return log_y
 
 
-def _check_batch(name: str, value: torch.Tensor, logits: torch.Tensor, tau: torch.Tensor) -> None:
+def _check_batch(
+    name: str, value: torch.Tensor, logits: torch.Tensor, tau: torch.Tensor
+) -> None:
     try:
         torch.broadcast_shapes(value.shape[:-1], logits.shape[:-1], tau.shape)
     except RuntimeError:
-        raise ValueError(f"the batch shapes of {name} {tuple(value.shape[:-1])}, logits {tuple(logits.shape[:-1])} "
-                         f"and tau {tuple(tau.shape)} must broadcast") from None
+        raise ValueError(
+            f"the batch shapes of {name} {tuple(value.shape[:-1])}, logits "
+            f"{tuple(logits.shape[:-1])} "
+            f"and tau {tuple(tau.shape)} must broadcast"
+        ) from None
 
 
 def exp_concrete_log_prob(log_y, logits, tau) -> torch.Tensor:
@@ -379,21 +497,35 @@ def concrete_log_prob(y, logits, tau) -> torch.Tensor:
         y = y.to(logits.dtype)
     K = logits.shape[-1]
     if y.dim() == 0 or y.shape[-1] != K:
-        raise ValueError(f"y must have shape (..., {K}) to match logits, got shape {tuple(y.shape)}")
+        raise ValueError(
+            f"y must have shape (..., {K}) to match logits, got shape "
+            f"{tuple(y.shape)}"
+        )
     d = y.detach()
     if torch.isnan(d).any():
-        raise ValueError("y contains NaN; y must lie on the simplex (entries >= 0 summing to 1)")
+        raise ValueError(
+            "y contains NaN; y must lie on the simplex (entries >= 0 summing "
+            "to 1)"
+        )
     if (d < 0).any():
-        raise ValueError(f"y must lie on the simplex: entries must be >= 0, got min {d.min().item():.3g}")
+        raise ValueError(
+            "y must lie on the simplex: entries must be >= 0, got min "
+            f"{d.min().item():.3g}"
+        )
     tol = _tolerance(torch.promote_types(d.dtype, torch.float32))
     err = (d.sum(-1) - 1).abs()
     if (err > tol).any():
-        raise ValueError(f"y must lie on the simplex: entries must sum to 1 within {tol:.1e}, "
-                         f"got a sum off by {err.max().item():.3g}")
+        raise ValueError(
+            "y must lie on the simplex: entries must sum to 1 within "
+            f"{tol:.1e}, "
+            f"got a sum off by {err.max().item():.3g}"
+        )
     if (d == 0).any():
         raise ValueError(
-            "y has entries equal to 0: the boundary of the simplex, where the Concrete density is not defined "
-            "(in float32 at small tau, softmax samples underflow to 0); use exp_concrete_sample and "
+            "y has entries equal to 0: the boundary of the simplex, where the "
+            "Concrete density is not defined "
+            "(in float32 at small tau, softmax samples underflow to 0); use "
+            "exp_concrete_sample and "
             "exp_concrete_log_prob, which work with log y"
         )
     _check_batch("y", y, logits, tau)
@@ -401,9 +533,9 @@ def concrete_log_prob(y, logits, tau) -> torch.Tensor:
     return _exp_concrete_log_prob(log_y, logits, tau) - log_y.sum(-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # torch.distributions classes
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 class _LogSimplex(constraints.Constraint):
@@ -432,7 +564,10 @@ def _logits_from(probs, logits) -> torch.Tensor:
         if not torch.is_floating_point(probs):
             probs = probs.to(torch.get_default_dtype())
         if torch.isnan(probs).any() or (probs <= 0).any():
-            raise ValueError("probs must be > 0 (the Concrete density needs every category possible) and not NaN")
+            raise ValueError(
+                "probs must be > 0 (the Concrete density needs every category "
+                "possible) and not NaN"
+            )
         logits = torch.log(probs)
     return _as_logits(logits)
 
@@ -454,18 +589,25 @@ class ExpConcrete(Distribution):
     ``support`` is the log-simplex (finite vectors with ``logsumexp == 0``).
     """
 
-    arg_constraints = {"temperature": constraints.positive, "logits": constraints.real_vector}
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "logits": constraints.real_vector,
+    }
     support = log_simplex
     has_rsample = True
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+    def __init__(
+        self, temperature, probs=None, logits=None, validate_args=None
+    ):
         logits = _logits_from(probs, logits)
         tau = _as_tau(temperature, logits, name="temperature")
         batch_shape = torch.broadcast_shapes(logits.shape[:-1], tau.shape)
         K = logits.shape[-1]
         self.logits = torch.log_softmax(logits, dim=-1).expand(*batch_shape, K)
         self.temperature = tau.expand(batch_shape)
-        super().__init__(batch_shape, torch.Size((K,)), validate_args=validate_args)
+        super().__init__(
+            batch_shape, torch.Size((K,)), validate_args=validate_args
+        )
 
     @property
     def probs(self) -> torch.Tensor:
@@ -476,17 +618,27 @@ class ExpConcrete(Distribution):
         batch_shape = torch.Size(batch_shape)
         new.logits = self.logits.expand(batch_shape + self.event_shape)
         new.temperature = self.temperature.expand(batch_shape)
-        Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        Distribution.__init__(
+            new, batch_shape, self.event_shape, validate_args=False
+        )
         new._validate_args = self._validate_args
         return new
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
-        g = sample_gumbel(shape, dtype=self.logits.dtype, device=self.logits.device)
-        return torch.log_softmax((self.logits + g) / _event(self.temperature), dim=-1)
+        g = sample_gumbel(
+            shape, dtype=self.logits.dtype, device=self.logits.device
+        )
+        return torch.log_softmax(
+            (self.logits + g) / _event(self.temperature), dim=-1
+        )
 
     def log_prob(self, value) -> torch.Tensor:
-        value = _check_log_y(value, self.logits, name="value") if self._validate_args else torch.as_tensor(value)
+        value = (
+            _check_log_y(value, self.logits, name="value")
+            if self._validate_args
+            else torch.as_tensor(value)
+        )
         return _exp_concrete_log_prob(value, self.logits, self.temperature)
 
 
@@ -503,12 +655,22 @@ class Concrete(TransformedDistribution):
         temperature: > 0, number or tensor broadcastable to the batch shape; probs / logits: ``(..., K)``.
     """
 
-    arg_constraints = {"temperature": constraints.positive, "logits": constraints.real_vector}
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "logits": constraints.real_vector,
+    }
     support = constraints.simplex
     has_rsample = True
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
-        base = ExpConcrete(temperature, probs=probs, logits=logits, validate_args=validate_args)
+    def __init__(
+        self, temperature, probs=None, logits=None, validate_args=None
+    ):
+        base = ExpConcrete(
+            temperature,
+            probs=probs,
+            logits=logits,
+            validate_args=validate_args,
+        )
         super().__init__(base, ExpTransform(), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -531,15 +693,19 @@ class Concrete(TransformedDistribution):
         if self._validate_args:
             return concrete_log_prob(value, self.logits, self.temperature)
         log_y = torch.log(torch.as_tensor(value))
-        return _exp_concrete_log_prob(log_y, self.logits, self.temperature) - log_y.sum(-1)
+        return _exp_concrete_log_prob(
+            log_y, self.logits, self.temperature
+        ) - log_y.sum(-1)
 
 
 def _kl_equal_tau(p_logits, q_logits, p_tau, q_tau) -> torch.Tensor:
     shape = torch.broadcast_shapes(p_tau.shape, q_tau.shape)
     if not torch.equal(p_tau.expand(shape), q_tau.expand(shape)):
         raise NotImplementedError(
-            "KL between Concrete distributions with different temperatures has no closed form; "
-            "estimate it with vaebook.relaxed.relaxed_kl(q_logits, p_logits, tau_q, tau_p) (Monte Carlo)"
+            "KL between Concrete distributions with different temperatures "
+            "has no closed form; "
+            "estimate it with vaebook.relaxed.relaxed_kl(q_logits, p_logits, "
+            "tau_q, tau_p) (Monte Carlo)"
         )
     return relaxed_kl_equal_tau_exact(p_logits, q_logits)
 
@@ -554,14 +720,22 @@ def _kl_concrete_concrete(p, q):
     return _kl_equal_tau(p.logits, q.logits, p.temperature, q.temperature)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # relaxed KL
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
-def relaxed_kl(q_logits, p_logits, tau_q, tau_p=None, num_samples: int = 1000,
-               generator: torch.Generator | None = None, return_stderr: bool = False, *,
-               chunk_size: int | None = None):
+def relaxed_kl(
+    q_logits,
+    p_logits,
+    tau_q,
+    tau_p=None,
+    num_samples: int = 1000,
+    generator: torch.Generator | None = None,
+    return_stderr: bool = False,
+    *,
+    chunk_size: int | None = None,
+):
     r"""Monte Carlo relaxed KL :math:`\mathrm{KL}(\mathrm{Concrete}(\pi^q,\tau_q)\,\|\,\mathrm{Concrete}(\pi^p,\tau_p))`
     in ExpConcrete (log) space (Chapter 3, Maddison's estimator).
 
@@ -590,23 +764,37 @@ def relaxed_kl(q_logits, p_logits, tau_q, tau_p=None, num_samples: int = 1000,
     q_logits, p_logits = q_logits.to(dtype), p_logits.to(dtype)
     K = q_logits.shape[-1]
     if p_logits.shape[-1] != K:
-        raise ValueError(f"q_logits and p_logits must have the same number of categories, got {K} and {p_logits.shape[-1]}")
+        raise ValueError(
+            "q_logits and p_logits must have the same number of categories, "
+            f"got {K} and {p_logits.shape[-1]}"
+        )
     tq = _as_tau(tau_q, q_logits, "tau_q")
     tp = tq if tau_p is None else _as_tau(tau_p, p_logits, "tau_p")
     try:
-        batch = torch.broadcast_shapes(q_logits.shape[:-1], p_logits.shape[:-1], tq.shape, tp.shape)
+        batch = torch.broadcast_shapes(
+            q_logits.shape[:-1], p_logits.shape[:-1], tq.shape, tp.shape
+        )
     except RuntimeError:
         raise ValueError(
-            f"q_logits, p_logits, tau_q, tau_p must broadcast, got batch shapes {tuple(q_logits.shape[:-1])}, "
-            f"{tuple(p_logits.shape[:-1])}, {tuple(tq.shape)}, {tuple(tp.shape)}"
+            "q_logits, p_logits, tau_q, tau_p must broadcast, got batch "
+            f"shapes {tuple(q_logits.shape[:-1])}, "
+            f"{tuple(p_logits.shape[:-1])}, {tuple(tq.shape)}, "
+            f"{tuple(tp.shape)}"
         ) from None
     check_int("num_samples", num_samples)
     if return_stderr and num_samples < 2:
-        raise ValueError("num_samples must be >= 2 to estimate a standard error (return_stderr=True)")
+        raise ValueError(
+            "num_samples must be >= 2 to estimate a standard error "
+            "(return_stderr=True)"
+        )
     per_sample = max(1, math.prod(batch) * K)
     if chunk_size is None:
         chunk_size = max(1, (1 << 22) // per_sample)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+    elif (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     q_norm = torch.log_softmax(q_logits, dim=-1)
     p_norm = torch.log_softmax(p_logits, dim=-1)
@@ -614,14 +802,23 @@ def relaxed_kl(q_logits, p_logits, tau_q, tau_p=None, num_samples: int = 1000,
     n_done, mean, m2 = 0, None, None
     while n_done < num_samples:
         m = min(chunk_size, num_samples - n_done)
-        g = sample_gumbel((m, *batch, K), generator=generator, dtype=dtype, device=q_logits.device)
+        g = sample_gumbel(
+            (m, *batch, K),
+            generator=generator,
+            dtype=dtype,
+            device=q_logits.device,
+        )
         log_y = torch.log_softmax((q_norm + g) / tq_e, dim=-1)
-        lr = _exp_concrete_log_prob(log_y, q_norm, tq) - _exp_concrete_log_prob(log_y, p_norm, tp)
+        lr = _exp_concrete_log_prob(
+            log_y, q_norm, tq
+        ) - _exp_concrete_log_prob(log_y, p_norm, tp)
         c_mean = lr.mean(0)
         c_m2 = (lr - c_mean).pow(2).sum(0)
         if mean is None:
             mean, m2 = c_mean, c_m2
-        else:  # Chan et al.'s pairwise update of mean and sum of squared deviations
+        # Chan et al.'s pairwise update of mean and sum of squared
+        # deviations
+        else:
             n_tot = n_done + m
             delta = c_mean - mean
             mean = mean + delta * (m / n_tot)
@@ -632,7 +829,9 @@ def relaxed_kl(q_logits, p_logits, tau_q, tau_p=None, num_samples: int = 1000,
     return mean
 
 
-def relaxed_kl_equal_tau_exact(q_logits, p_logits, *, step: float = 0.25) -> torch.Tensor:
+def relaxed_kl_equal_tau_exact(
+    q_logits, p_logits, *, step: float = 0.25
+) -> torch.Tensor:
     r"""Relaxed KL for **equal** temperatures, :math:`\mathrm{KL}(\mathrm{Concrete}(\pi^q,\tau)\|\mathrm{Concrete}(\pi^p,\tau))`,
     to float64 accuracy by 1-D quadrature (Chapter 3). It does not depend on :math:`\tau`, so there is no ``tau``.
 
@@ -665,30 +864,46 @@ def relaxed_kl_equal_tau_exact(q_logits, p_logits, *, step: float = 0.25) -> tor
     out_dtype = torch.promote_types(q_logits.dtype, p_logits.dtype)
     K = q_logits.shape[-1]
     if p_logits.shape[-1] != K:
-        raise ValueError(f"q_logits and p_logits must have the same number of categories, got {K} and {p_logits.shape[-1]}")
+        raise ValueError(
+            "q_logits and p_logits must have the same number of categories, "
+            f"got {K} and {p_logits.shape[-1]}"
+        )
     if not (isinstance(step, numbers.Real) and 0 < step <= 1):
         raise ValueError(f"step must be in (0, 1], got {step!r}")
     try:
         torch.broadcast_shapes(q_logits.shape, p_logits.shape)
     except RuntimeError:
-        raise ValueError(f"q_logits and p_logits must broadcast, got shapes {tuple(q_logits.shape)} "
-                         f"and {tuple(p_logits.shape)}") from None
+        raise ValueError(
+            "q_logits and p_logits must broadcast, got shapes "
+            f"{tuple(q_logits.shape)} "
+            f"and {tuple(p_logits.shape)}"
+        ) from None
     for name, t in (("q_logits", q_logits), ("p_logits", p_logits)):
         if t.numel() == 0:
-            raise ValueError(f"{name} has an empty batch (shape {tuple(t.shape)}): relaxed_kl_equal_tau_exact needs "
-                             f"every batch dimension >= 1 (at least one pair of distributions)")
-    d = torch.log_softmax(q_logits.double(), -1) - torch.log_softmax(p_logits.double(), -1)
+            raise ValueError(
+                f"{name} has an empty batch (shape {tuple(t.shape)}): "
+                "relaxed_kl_equal_tau_exact needs "
+                "every batch dimension >= 1 (at least one pair of "
+                "distributions)"
+            )
+    d = torch.log_softmax(q_logits.double(), -1) - torch.log_softmax(
+        p_logits.double(), -1
+    )
     log_a = -d  # max(log_a) >= 0 >= min(log_a), because sum_k pi^q_k a_k = 1
     lo = -float(log_a.detach().amax()) - 40.0
     hi = 40.0
-    s_all = torch.arange(lo, hi + step, step, dtype=torch.float64, device=d.device)
+    s_all = torch.arange(
+        lo, hi + step, step, dtype=torch.float64, device=d.device
+    )
     flat = log_a.reshape(-1, K)
     chunk = max(1, (1 << 22) // max(1, flat.shape[0] * K))
     total = torch.zeros(flat.shape[0], dtype=torch.float64, device=d.device)
     for start in range(0, s_all.numel(), chunk):
-        s = s_all[start:start + chunk]
+        s = s_all[start : start + chunk]
         ref = torch.exp(-K * F.softplus(s))  # (G,)
-        val = torch.exp(-F.softplus(s[None, :, None] + flat[:, None, :]).sum(-1))  # (B, G)
+        val = torch.exp(
+            -F.softplus(s[None, :, None] + flat[:, None, :]).sum(-1)
+        )  # (B, G)
         total = total + (ref[None, :] - val).sum(-1)
     e_log = (step * total).reshape(log_a.shape[:-1])
     return (d.sum(-1) + K * e_log).to(out_dtype)
@@ -724,22 +939,35 @@ def recab(q_logits, p_logits, *, tau_q=None, tau_p=None) -> torch.Tensor:
     q_logits, p_logits = q_logits.to(dtype), p_logits.to(dtype)
     K = q_logits.shape[-1]
     if p_logits.shape[-1] != K:
-        raise ValueError(f"q_logits and p_logits must have the same number of categories, got {K} and {p_logits.shape[-1]}")
+        raise ValueError(
+            "q_logits and p_logits must have the same number of categories, "
+            f"got {K} and {p_logits.shape[-1]}"
+        )
     try:
         torch.broadcast_shapes(q_logits.shape, p_logits.shape)
     except RuntimeError:
-        raise ValueError(f"q_logits and p_logits must broadcast, got shapes {tuple(q_logits.shape)} "
-                         f"and {tuple(p_logits.shape)}") from None
+        raise ValueError(
+            "q_logits and p_logits must broadcast, got shapes "
+            f"{tuple(q_logits.shape)} "
+            f"and {tuple(p_logits.shape)}"
+        ) from None
     if (tau_q is None) != (tau_p is None):
-        raise ValueError("pass both tau_q and tau_p (to check that they are equal) or neither")
+        raise ValueError(
+            "pass both tau_q and tau_p (to check that they are equal) or "
+            "neither"
+        )
     if tau_q is not None:
         tq = _as_tau(tau_q, q_logits, "tau_q")
         tp = _as_tau(tau_p, p_logits, "tau_p")
         shape = torch.broadcast_shapes(tq.shape, tp.shape)
-        if not torch.equal(tq.detach().expand(shape), tp.detach().expand(shape)):
+        if not torch.equal(
+            tq.detach().expand(shape), tp.detach().expand(shape)
+        ):
             raise ValueError(
-                "recab (ReCAB*) bounds the relaxed KL only for equal temperatures (tau_q == tau_p); with unequal "
-                "temperatures the relaxed KL can exceed it: estimate it with relaxed_kl(q_logits, p_logits, tau_q, tau_p)"
+                "recab (ReCAB*) bounds the relaxed KL only for equal "
+                "temperatures (tau_q == tau_p); with unequal "
+                "temperatures the relaxed KL can exceed it: estimate it with "
+                "relaxed_kl(q_logits, p_logits, tau_q, tau_p)"
             )
     d = torch.log_softmax(q_logits, -1) - torch.log_softmax(p_logits, -1)
     e = d - d.mean(-1, keepdim=True)
@@ -749,9 +977,9 @@ def recab(q_logits, p_logits, *, tau_q=None, tau_p=None) -> torch.Tensor:
     return K * torch.where(small, near, far)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # temperature schedules
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def _check_step(step) -> int:
@@ -759,7 +987,13 @@ def _check_step(step) -> int:
     return int(step)
 
 
-def tau_schedule(step: int, tau0: float = 1.0, tau_min: float = 0.5, rate: float = 1e-5, every: int = 1000) -> float:
+def tau_schedule(
+    step: int,
+    tau0: float = 1.0,
+    tau_min: float = 0.5,
+    rate: float = 1e-5,
+    every: int = 1000,
+) -> float:
     r"""Jang et al.'s temperature annealing (Chapter 3; Jang §4.2): exponential decay to a floor, updated every N steps.
 
     .. math:: \tau(t)=\max\big(\tau_{\min},\ \tau_0\,e^{-r\,N\lfloor t/N\rfloor}\big).
@@ -787,6 +1021,13 @@ def tau_schedule(step: int, tau0: float = 1.0, tau_min: float = 0.5, rate: float
 def constant_tau_schedule(step: int, tau: float = 1.0) -> float:
     """Constant temperature (Chapter 3; Jang §4.1 uses tau = 1 without annealing): returns ``tau`` for every step."""
     _check_step(step)
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (0 < tau < math.inf):
-        raise ValueError(f"tau must be > 0 and finite (allowed range: 0 < tau < inf), got {tau!r}")
+    if (
+        isinstance(tau, bool)
+        or not isinstance(tau, numbers.Real)
+        or not (0 < tau < math.inf)
+    ):
+        raise ValueError(
+            "tau must be > 0 and finite (allowed range: 0 < tau < inf), got "
+            f"{tau!r}"
+        )
     return float(tau)

@@ -29,6 +29,7 @@ Shapes: particles ``x`` are ``(n, d)`` or batched ``(..., n, d)`` (independent p
 bandwidth); ``score`` is the target's score :math:`\nabla_x\log p(x)` at ``x`` (same shape), or a callable
 ``x -> score`` (see :func:`score_from_log_prob`). Use float64 for reference values.
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,35 +73,54 @@ _DEFAULT_BLOCK = 1024
 _DEFAULT_MEDIAN_SAMPLE = 1000
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # argument handling
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def _check_x(x) -> torch.Tensor:
     if not torch.is_tensor(x):
-        raise TypeError(f"x must be a tensor of shape (..., n, d), got {type(x).__name__}")
+        raise TypeError(
+            f"x must be a tensor of shape (..., n, d), got {type(x).__name__}"
+        )
     if x.ndim < 2 or x.shape[-2] < 1 or x.shape[-1] < 1:
-        raise ValueError(f"x must have shape (..., n, d) with n, d >= 1, got {tuple(x.shape)}")
+        raise ValueError(
+            "x must have shape (..., n, d) with n, d >= 1, got "
+            f"{tuple(x.shape)}"
+        )
     if not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"x has dtype {x.dtype}, but the SVGD and KSD functions support float32 and float64 only "
-                        f"(half precision has no CPU cdist kernel and too narrow a range for kernel values): "
-                        f"convert with .float() or .double()")
+        raise TypeError(
+            f"x has dtype {x.dtype}, but the SVGD and KSD functions support "
+            "float32 and float64 only "
+            "(half precision has no CPU cdist kernel and too narrow a range "
+            "for kernel values): "
+            f"convert with .float() or .double()"
+        )
     if not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError("x must be finite (no NaN or inf among the particles)")
+        raise ValueError(
+            "x must be finite (no NaN or inf among the particles)"
+        )
     return x
 
 
 def _resolve_score(x: torch.Tensor, score) -> torch.Tensor:
     s = score(x) if callable(score) else score
     if not torch.is_tensor(s):
-        raise TypeError("score must be a tensor of the shape of x or a callable x -> such a tensor")
+        raise TypeError(
+            "score must be a tensor of the shape of x or a callable x -> such "
+            "a tensor"
+        )
     if s.shape != x.shape:
-        raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(s.shape)}")
+        raise ValueError(
+            f"score must have the shape of x {tuple(x.shape)}, got "
+            f"{tuple(s.shape)}"
+        )
     if not bool(torch.isfinite(s.detach()).all()):
-        raise ValueError("score must be finite (no NaN or inf) at every particle")
+        raise ValueError(
+            "score must be finite (no NaN or inf) at every particle"
+        )
     return s.to(x.dtype)
 
 
@@ -109,10 +129,14 @@ def _check_block(block_size) -> int:
     return block_size
 
 
-def _resolve_bandwidth(x: torch.Tensor, bandwidth, rule: str, median_sample: int, generator) -> torch.Tensor:
+def _resolve_bandwidth(
+    x: torch.Tensor, bandwidth, rule: str, median_sample: int, generator
+) -> torch.Tensor:
     """The bandwidth as a tensor of shape ``x.shape[:-2]`` (dtype and device of ``x``)."""
     if bandwidth is None:
-        return median_bandwidth(x, rule=rule, median_sample=median_sample, generator=generator)
+        return median_bandwidth(
+            x, rule=rule, median_sample=median_sample, generator=generator
+        )
     h = bandwidth(x) if callable(bandwidth) else bandwidth
     h = _check_bandwidth_value(h, bandwidth, x.dtype, x.device)
     if h.ndim == 0:
@@ -120,30 +144,56 @@ def _resolve_bandwidth(x: torch.Tensor, bandwidth, rule: str, median_sample: int
     try:
         return torch.broadcast_to(h, x.shape[:-2])
     except RuntimeError:
-        raise ValueError(f"bandwidth must be a number or a tensor broadcastable to x.shape[:-2] = "
-                         f"{tuple(x.shape[:-2])}, got shape {tuple(h.shape)}") from None
+        raise ValueError(
+            "bandwidth must be a number or a tensor broadcastable to "
+            "x.shape[:-2] = "
+            f"{tuple(x.shape[:-2])}, got shape {tuple(h.shape)}"
+        ) from None
 
 
-def _check_bandwidth_value(h, given, dtype: torch.dtype, device=None) -> torch.Tensor:
+def _check_bandwidth_value(
+    h, given, dtype: torch.dtype, device=None
+) -> torch.Tensor:
     """``h`` as a tensor of ``dtype``; ``ValueError`` unless every entry is > 0 and finite **in that dtype**.
 
     A positive number that rounds to 0 (or to a subnormal) or to inf in ``dtype`` is named as such, with the
     range that ``dtype`` allows: e.g. ``1e-50`` underflows in float32, whose smallest normal number is 1.2e-38.
     """
     fi = torch.finfo(dtype)
-    allowed = f"allowed: {fi.tiny:.3g} <= h <= {fi.max:.3g} for {dtype} particles"
-    raw = h.detach() if torch.is_tensor(h) else torch.as_tensor(h, dtype=torch.float64)
-    if raw.is_floating_point() and raw.numel() and bool(torch.isfinite(raw).all() and (raw > 0).all()):
+    allowed = (
+        f"allowed: {fi.tiny:.3g} <= h <= {fi.max:.3g} for {dtype} particles"
+    )
+    raw = (
+        h.detach()
+        if torch.is_tensor(h)
+        else torch.as_tensor(h, dtype=torch.float64)
+    )
+    if (
+        raw.is_floating_point()
+        and raw.numel()
+        and bool(torch.isfinite(raw).all() and (raw > 0).all())
+    ):
         lo, hi = float(raw.min()), float(raw.max())
         if lo < fi.tiny:
-            raise ValueError(f"bandwidth {given!r} underflows in {dtype} (x's dtype; h = {lo:.3g} is below its "
-                             f"smallest normal number, so the kernel exp(-|x-y|^2/h) would divide by 0 or lose all "
-                             f"precision); {allowed}: use a larger bandwidth or float64 particles")
+            raise ValueError(
+                f"bandwidth {given!r} underflows in {dtype} (x's dtype; h = "
+                f"{lo:.3g} is below its "
+                "smallest normal number, so the kernel exp(-|x-y|^2/h) would "
+                "divide by 0 or lose all "
+                f"precision); {allowed}: use a larger bandwidth or float64 "
+                "particles"
+            )
         if hi > fi.max:
-            raise ValueError(f"bandwidth {given!r} overflows to inf in {dtype} (x's dtype); {allowed}")
+            raise ValueError(
+                f"bandwidth {given!r} overflows to inf in {dtype} (x's "
+                f"dtype); {allowed}"
+            )
     h = torch.as_tensor(h, dtype=dtype, device=device)
     if not (torch.isfinite(h).all() and (h > 0).all()):
-        raise ValueError(f"bandwidth must be finite and > 0 (h in exp(-|x-y|^2/h)), got {given!r}")
+        raise ValueError(
+            "bandwidth must be finite and > 0 (h in exp(-|x-y|^2/h)), got "
+            f"{given!r}"
+        )
     return h
 
 
@@ -154,9 +204,9 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dist.square() if dist.requires_grad else dist.square_()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # kernel and bandwidth
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth) -> torch.Tensor:
@@ -164,8 +214,11 @@ def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth) -> torch.Tensor:
     and ``y`` ``(..., m, d)``; ``bandwidth`` is ``h`` (a number or a tensor of shape ``x.shape[:-2]``). Dense."""
     h = _check_bandwidth_value(bandwidth, bandwidth, x.dtype, x.device)
     if x.dim() < 2 or y.dim() < 2 or x.shape[-1] != y.shape[-1]:
-        raise ValueError(f"x and y must have shapes (..., n, d) and (..., m, d) with the same d, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            "x and y must have shapes (..., n, d) and (..., m, d) with the "
+            "same d, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
     return torch.exp(-_sqdist(x, y) / h[..., None, None])
 
 
@@ -216,8 +269,12 @@ def _code_rule_level(n: int) -> float:
     return pos / (n * (n - 1) / 2 - 1)
 
 
-def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def median_bandwidth(
+    x: torch.Tensor,
+    rule: str = "code",
+    median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     r"""The median-heuristic bandwidth ``h`` of :math:`k(x,y)=\exp(-\|x-y\|^2/h)` for particles ``x`` ``(..., n, d)``.
 
     Returns a tensor of shape ``x.shape[:-2]`` (one bandwidth per particle set). Rules (Chapter 6):
@@ -247,7 +304,9 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
     """
     x = _check_x(x)
     if rule not in BANDWIDTH_RULES:
-        raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
+        raise ValueError(
+            f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}"
+        )
     check_int("median_sample", median_sample, 2)
     n = x.shape[-2]
     batch = x.shape[:-2]
@@ -256,14 +315,22 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
     x = x.detach()
     sub = n > median_sample
     if sub:
-        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        g = (
+            generator
+            if generator is not None
+            else torch.Generator().manual_seed(0)
+        )
         idx = torch.randperm(n, generator=g)[:median_sample].to(x.device)
         xs = x.index_select(-2, idx)
     else:
         xs = x
     pairs = _pair_sqdist(xs)  # (..., m(m-1)/2)
     if rule == "code":
-        med = 0.5 * pairs[..., 0] if n == 2 else _quantile(pairs, _code_rule_level(n))  # n = 2: median(0,0,r,r)
+        med = (
+            0.5 * pairs[..., 0]
+            if n == 2
+            else _quantile(pairs, _code_rule_level(n))
+        )  # n = 2: median(0,0,r,r)
     elif rule == "paper":
         lo, hi = _middle(pairs)
         med = (0.5 * (lo.sqrt() + hi.sqrt())).square()  # (median distance)^2
@@ -279,14 +346,22 @@ def median_bandwidth(x: torch.Tensor, rule: str = "code", median_sample: int = _
     return torch.where(torch.isfinite(h) & (h > 0), h, torch.ones_like(h))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # the SVGD direction
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
-def svgd_direction(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code", block_size: int = _DEFAULT_BLOCK,
-                   median_sample: int = _DEFAULT_MEDIAN_SAMPLE, generator: torch.Generator | None = None,
-                   backend: str = "auto") -> torch.Tensor:
+def svgd_direction(
+    x: torch.Tensor,
+    score,
+    bandwidth=None,
+    *,
+    rule: str = "code",
+    block_size: int = _DEFAULT_BLOCK,
+    median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""The SVGD update direction (Chapter 6, eq. ``ch06-svgd-direction``), blocked, shape of ``x``.
 
     .. math:: \phi_i=\frac1n\sum_{j=1}^n\Big[k(x_j,x_i)\,s_j+\nabla_{x_j}k(x_j,x_i)\Big]
@@ -320,22 +395,37 @@ def svgd_direction(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code"
         return kernels._svgd_direction_sets(x, s, h)
     hb = h[..., None, None]
     n, d = x.shape[-2], x.shape[-1]
-    xs = x / hb.sqrt()  # k_ij = exp(-|xs_i - xs_j|^2), the same number as exp(-|x_i - x_j|^2 / h)
-    # The repulsion (2/h)(x_i sum_j k_ij - sum_j k_ij x_j); for a tiny h (tightly clustered float32 particles, where
-    # 2/h overflows) the same number in units of sqrt(h): (2/sqrt(h))(xs_i sum_j k_ij - sum_j k_ij xs_j).
+    xs = (
+        x / hb.sqrt()
+        # k_ij = exp(-|xs_i - xs_j|^2), the same number as exp(-|x_i - x_j|^2
+        # / h)
+    )
+    # The repulsion (2/h)(x_i sum_j k_ij - sum_j k_ij x_j); for a tiny h
+    # (tightly clustered float32 particles, where
+    # 2/h overflows) the same number in units of sqrt(h):
+    # (2/sqrt(h))(xs_i sum_j k_ij - sum_j k_ij xs_j).
     c, fac = (xs, 2.0 / hb.sqrt()) if _tiny_bandwidth(h, 1) else (x, 2.0 / hb)
-    rhs = torch.cat([s, c, torch.ones_like(x[..., :1])], -1)  # [s_j | c_j | 1]: one matmul per tile
+    rhs = torch.cat(
+        [s, c, torch.ones_like(x[..., :1])], -1
+    )  # [s_j | c_j | 1]: one matmul per tile
     out = torch.empty_like(x)
     for i0 in range(0, n, block_size):
         acc = None  # sum_j k_ij [s_j | c_j | 1], shape (..., b, 2d + 1)
         for j0 in range(0, n, block_size):
-            k = _sqdist(xs[..., i0:i0 + block_size, :], xs[..., j0:j0 + block_size, :]).neg_().exp_()
-            part = k @ rhs[..., j0:j0 + block_size, :]
+            k = (
+                _sqdist(
+                    xs[..., i0 : i0 + block_size, :],
+                    xs[..., j0 : j0 + block_size, :],
+                )
+                .neg_()
+                .exp_()
+            )
+            part = k @ rhs[..., j0 : j0 + block_size, :]
             acc = part if acc is None else acc + part
             del k
-        ks, kc, k1 = acc[..., :d], acc[..., d:2 * d], acc[..., 2 * d:]
-        ci = c[..., i0:i0 + block_size, :]
-        out[..., i0:i0 + block_size, :] = (ks + fac * (ci * k1 - kc)) / n
+        ks, kc, k1 = acc[..., :d], acc[..., d : 2 * d], acc[..., 2 * d :]
+        ci = c[..., i0 : i0 + block_size, :]
+        out[..., i0 : i0 + block_size, :] = (ks + fac * (ci * k1 - kc)) / n
     return out
 
 
@@ -348,29 +438,39 @@ def _tiny_bandwidth(h: torch.Tensor, power: int) -> bool:
     return not bool((h >= 16.0 * tiny ** (1.0 / power)).all())
 
 
-def svgd_direction_dense(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code",
-                         median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+def svgd_direction_dense(
+    x: torch.Tensor,
+    score,
+    bandwidth=None,
+    *,
+    rule: str = "code",
+    median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     r"""The SVGD direction the way most PyTorch code writes it: the dense ``n x n`` kernel matrix and the repulsion by
     autograd, :math:`\sum_j\nabla_{x_j}k(x_j,x_i)=-\nabla_{y_i}\sum_jk(x_j,y_i)\big|_{y=x}` (the RBF kernel depends
     on :math:`x_j-y_i` only). Memory :math:`O(n^2 d)`. Same arguments and result as :func:`svgd_direction`; used by
     the tests (blocked == dense) and by Chapter 6's cost comparison."""
     x = _check_x(x)
     s = _resolve_score(x, score).detach()
-    h = _resolve_bandwidth(x, bandwidth, rule, median_sample, generator).detach()
+    h = _resolve_bandwidth(
+        x, bandwidth, rule, median_sample, generator
+    ).detach()
     xd = x.detach()
     n = x.shape[-2]
     with torch.enable_grad():
         y = xd.clone().requires_grad_(True)
         diff = xd.unsqueeze(-2) - y.unsqueeze(-3)  # (..., j, i, d) = x_j - y_i
-        kmat = torch.exp(-diff.square().sum(-1) / h[..., None, None])  # (..., j, i) = k(x_j, y_i)
+        kmat = torch.exp(
+            -diff.square().sum(-1) / h[..., None, None]
+        )  # (..., j, i) = k(x_j, y_i)
         (grad_y,) = torch.autograd.grad(kmat.sum(), y)
     return (kmat.detach().transpose(-1, -2) @ s - grad_y) / n
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # kernelized Stein discrepancy
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def stein_kernel_matrix(x: torch.Tensor, score, bandwidth) -> torch.Tensor:
@@ -380,19 +480,36 @@ def stein_kernel_matrix(x: torch.Tensor, score, bandwidth) -> torch.Tensor:
     x = _check_x(x)
     s = _resolve_score(x, score)
     if bandwidth is None:
-        raise ValueError("bandwidth must be given (finite and > 0, e.g. median_bandwidth(x, rule='ksd'))")
+        raise ValueError(
+            "bandwidth must be given (finite and > 0, e.g. "
+            "median_bandwidth(x, rule='ksd'))"
+        )
     h = _resolve_bandwidth(x, bandwidth, "ksd", _DEFAULT_MEDIAN_SAMPLE, None)
-    if _tiny_bandwidth(h, 2):  # 4 |x_i - x_j|^2 / h^2 would be 0/0: in units of sqrt(h)
+    if _tiny_bandwidth(
+        h, 2
+    ):  # 4 |x_i - x_j|^2 / h^2 would be 0/0: in units of sqrt(h)
         return _stein_kernel_scaled(x, s, h) / h[..., None, None]
     h = h[..., None, None]
     d = x.shape[-1]
     d2 = _sqdist(x, x)
     a = (s * x).sum(-1)  # s_i . x_i
-    cross = a.unsqueeze(-1) + a.unsqueeze(-2) - s @ x.transpose(-1, -2) - x @ s.transpose(-1, -2)
-    return torch.exp(-d2 / h) * (s @ s.transpose(-1, -2) + (2.0 / h) * cross + 2.0 * d / h - 4.0 * d2 / h**2)
+    cross = (
+        a.unsqueeze(-1)
+        + a.unsqueeze(-2)
+        - s @ x.transpose(-1, -2)
+        - x @ s.transpose(-1, -2)
+    )
+    return torch.exp(-d2 / h) * (
+        s @ s.transpose(-1, -2)
+        + (2.0 / h) * cross
+        + 2.0 * d / h
+        - 4.0 * d2 / h**2
+    )
 
 
-def _stein_kernel_scaled(x: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _stein_kernel_scaled(
+    x: torch.Tensor, s: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
     r""":math:`h\,u_p(x_i,x_j)` (dense, ``(..., n, n)``), computed in units of :math:`\sqrt h`: with
     :math:`\tilde x=x/\sqrt h` and :math:`\tilde s=\sqrt h\,s`,
     :math:`h\,u_p=k_{ij}\big[\tilde s_i^\top\tilde s_j+2(\tilde s_i-\tilde s_j)^\top(\tilde x_i-\tilde x_j)+2d
@@ -404,13 +521,29 @@ def _stein_kernel_scaled(x: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> t
     d = x.shape[-1]
     d2 = _sqdist(xs, xs)
     a = (ss * xs).sum(-1)  # s_i . x_i
-    cross = a.unsqueeze(-1) + a.unsqueeze(-2) - ss @ xs.transpose(-1, -2) - xs @ ss.transpose(-1, -2)
-    return torch.exp(-d2) * (ss @ ss.transpose(-1, -2) + 2.0 * cross + 2.0 * d - 4.0 * d2)
+    cross = (
+        a.unsqueeze(-1)
+        + a.unsqueeze(-2)
+        - ss @ xs.transpose(-1, -2)
+        - xs @ ss.transpose(-1, -2)
+    )
+    return torch.exp(-d2) * (
+        ss @ ss.transpose(-1, -2) + 2.0 * cross + 2.0 * d - 4.0 * d2
+    )
 
 
-def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic: str = "u",
-        block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-        generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
+def ksd(
+    x: torch.Tensor,
+    score,
+    bandwidth=None,
+    *,
+    rule: str = "ksd",
+    statistic: str = "u",
+    block_size: int = _DEFAULT_BLOCK,
+    median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""The kernelized Stein discrepancy :math:`\mathbb S(q,p)` estimated from samples ``x`` of ``q`` (Chapter 6).
 
     ``statistic="u"`` (default): the unbiased U-statistic :math:`\frac1{n(n-1)}\sum_{i\ne j}u_p(x_i,x_j)` (may be
@@ -438,9 +571,12 @@ def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic:
         return kernels._ksd_sets(x, s, h, statistic)
     hb = h[..., None, None]
     xs = x / hb.sqrt()
-    # For a tiny h (tightly clustered float32 particles: 1/h^2 overflows once h < 1e-19) the sums run in units of
-    # sqrt(h): with xs = x / sqrt(h), ss = sqrt(h) s and H = 1 the total below is h * sum_ij u_p(x_i, x_j), every
-    # term of order one, divided by h only at the end. Otherwise (X, S, H) = (x, s, h): the textbook formula.
+    # For a tiny h (tightly clustered float32 particles: 1/h^2 overflows
+    # once h < 1e-19) the sums run in units of
+    # sqrt(h): with xs = x / sqrt(h), ss = sqrt(h) s and H = 1 the total
+    # below is h * sum_ij u_p(x_i, x_j), every
+    # term of order one, divided by h only at the end. Otherwise (X, S,
+    # H) = (x, s, h): the textbook formula.
     scaled = _tiny_bandwidth(h, 2)
     X, S, H = (xs, s * hb.sqrt(), torch.ones_like(h)) if scaled else (x, s, h)
     Hb = H[..., None, None]
@@ -448,29 +584,57 @@ def ksd(x: torch.Tensor, score, bandwidth=None, *, rule: str = "ksd", statistic:
     rhs = torch.cat([S, X, torch.ones_like(a), a], -1)  # [s_j | x_j | 1 | a_j]
     total = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
     for i0 in range(0, n, block_size):
-        xi, si, ai = X[..., i0:i0 + block_size, :], S[..., i0:i0 + block_size, :], a[..., i0:i0 + block_size, :]
-        acc, kd2 = None, 0.0  # sum_j k_ij [s_j | x_j | 1 | a_j] and sum_ij k_ij |x_i - x_j|^2 / h
+        xi, si, ai = (
+            X[..., i0 : i0 + block_size, :],
+            S[..., i0 : i0 + block_size, :],
+            a[..., i0 : i0 + block_size, :],
+        )
+        acc, kd2 = (
+            None,
+            0.0,
+        )  # sum_j k_ij [s_j | x_j | 1 | a_j] and sum_ij k_ij |x_i - x_j|^2 / h
         for j0 in range(0, n, block_size):
-            d2 = _sqdist(xs[..., i0:i0 + block_size, :], xs[..., j0:j0 + block_size, :])  # |x_i - x_j|^2 / h
+            d2 = _sqdist(
+                xs[..., i0 : i0 + block_size, :],
+                xs[..., j0 : j0 + block_size, :],
+            )  # |x_i - x_j|^2 / h
             k = torch.exp(-d2)
-            part = k @ rhs[..., j0:j0 + block_size, :]
+            part = k @ rhs[..., j0 : j0 + block_size, :]
             acc = part if acc is None else acc + part
             kd2 = kd2 + d2.mul_(k).sum((-1, -2))
             del k, d2
-        ks, kx, k1, ka = acc[..., :d], acc[..., d:2 * d], acc[..., 2 * d:2 * d + 1], acc[..., 2 * d + 1:]
-        # sum_ij k_ij [s_i.s_j + (2/h)(a_i + a_j - s_i.x_j - x_i.s_j) + 2d/h] - (4/h) sum_ij k_ij |x_i-x_j|^2/h
-        rows = (si * ks).sum(-1) + (2.0 / Hb[..., 0]) * ((ai * k1 + ka).squeeze(-1) - (si * kx).sum(-1)
-                                                        - (xi * ks).sum(-1)) + (2.0 * d / Hb[..., 0]) * k1.squeeze(-1)
+        ks, kx, k1, ka = (
+            acc[..., :d],
+            acc[..., d : 2 * d],
+            acc[..., 2 * d : 2 * d + 1],
+            acc[..., 2 * d + 1 :],
+        )
+        # sum_ij k_ij [s_i.s_j + (2/h)(a_i + a_j - s_i.x_j - x_i.s_j)
+        # + 2d/h] - (4/h) sum_ij k_ij |x_i-x_j|^2/h
+        rows = (
+            (si * ks).sum(-1)
+            + (2.0 / Hb[..., 0])
+            * (
+                (ai * k1 + ka).squeeze(-1)
+                - (si * kx).sum(-1)
+                - (xi * ks).sum(-1)
+            )
+            + (2.0 * d / Hb[..., 0]) * k1.squeeze(-1)
+        )
         total = total + rows.sum(-1) - (4.0 / H) * kd2
     if statistic == "v":
         out = total / (n * n)
     else:
-        diag = S.square().sum((-1, -2)) + n * 2.0 * d / H  # u_p(x_i, x_i) = |s_i|^2 + 2d/h
+        diag = (
+            S.square().sum((-1, -2)) + n * 2.0 * d / H
+        )  # u_p(x_i, x_i) = |s_i|^2 + 2d/h
         out = (total - diag) / (n * (n - 1))
     return out / h if scaled else out
 
 
-def score_from_log_prob(log_prob: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def score_from_log_prob(
+    log_prob: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
     r"""Turn an (unnormalised) log-density ``log_prob: (..., n, d) -> (..., n)`` into the score function
     ``x -> grad_x log_prob(x)`` (autograd on a detached copy, also inside ``no_grad``). The normaliser of ``p`` never
     matters: SVGD and the KSD only see the score."""
@@ -484,9 +648,9 @@ def score_from_log_prob(log_prob: Callable[[torch.Tensor], torch.Tensor]) -> Cal
     return score
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # step-size rules and the particle driver
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 class AdaGradMomentum:
@@ -499,14 +663,29 @@ class AdaGradMomentum:
     step while its direction is consistent; the first step is :math:`\epsilon\,\mathrm{sign}(g)` up to :math:`\delta`.
     """
 
-    def __init__(self, stepsize: float = 1e-3, alpha: float = 0.9, fudge_factor: float = 1e-6):
+    def __init__(
+        self,
+        stepsize: float = 1e-3,
+        alpha: float = 0.9,
+        fudge_factor: float = 1e-6,
+    ):
         if not 0 < stepsize < math.inf:
-            raise ValueError(f"stepsize must be > 0 and finite, got {stepsize!r}")
+            raise ValueError(
+                f"stepsize must be > 0 and finite, got {stepsize!r}"
+            )
         if not 0 <= alpha < 1:
             raise ValueError(f"alpha must be in [0, 1), got {alpha!r}")
-        if not 0 < fudge_factor < math.inf:  # 0 would give 0 / 0 = NaN for a zero direction
-            raise ValueError(f"fudge_factor must be > 0 and finite, got {fudge_factor!r}")
-        self.stepsize, self.alpha, self.fudge_factor = float(stepsize), float(alpha), float(fudge_factor)
+        if (
+            not 0 < fudge_factor < math.inf
+        ):  # 0 would give 0 / 0 = NaN for a zero direction
+            raise ValueError(
+                f"fudge_factor must be > 0 and finite, got {fudge_factor!r}"
+            )
+        self.stepsize, self.alpha, self.fudge_factor = (
+            float(stepsize),
+            float(alpha),
+            float(fudge_factor),
+        )
         self.historical_grad: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -514,11 +693,21 @@ class AdaGradMomentum:
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         """The displacement for the direction ``g`` (updates the running average)."""
-        if self.historical_grad is None or self.historical_grad.shape != g.shape:
+        if (
+            self.historical_grad is None
+            or self.historical_grad.shape != g.shape
+        ):
             self.historical_grad = g.square()
         else:
-            self.historical_grad = self.alpha * self.historical_grad + (1 - self.alpha) * g.square()
-        return self.stepsize * g / (self.fudge_factor + self.historical_grad.sqrt())
+            self.historical_grad = (
+                self.alpha * self.historical_grad
+                + (1 - self.alpha) * g.square()
+            )
+        return (
+            self.stepsize
+            * g
+            / (self.fudge_factor + self.historical_grad.sqrt())
+        )
 
 
 class ConstantStep:
@@ -526,7 +715,9 @@ class ConstantStep:
 
     def __init__(self, stepsize: float = 0.1):
         if not 0 < stepsize < math.inf:
-            raise ValueError(f"stepsize must be > 0 and finite, got {stepsize!r}")
+            raise ValueError(
+                f"stepsize must be > 0 and finite, got {stepsize!r}"
+            )
         self.stepsize = float(stepsize)
 
     def reset(self) -> None:
@@ -555,14 +746,29 @@ class SVGD:
     modifies ``x`` in place; :attr:`iteration` counts the steps taken since the last :meth:`reset`.
     """
 
-    def __init__(self, score: Callable[[torch.Tensor], torch.Tensor], stepsize: float = 1e-3, *,
-                 step_rule="adagrad", alpha: float = 0.9, fudge_factor: float = 1e-6, bandwidth=None,
-                 rule: str = "code", block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        score: Callable[[torch.Tensor], torch.Tensor],
+        stepsize: float = 1e-3,
+        *,
+        step_rule="adagrad",
+        alpha: float = 0.9,
+        fudge_factor: float = 1e-6,
+        bandwidth=None,
+        rule: str = "code",
+        block_size: int = _DEFAULT_BLOCK,
+        median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+        backend: str = "auto",
+    ):
         if not callable(score):
-            raise TypeError("score must be a callable x -> grad log p(x) (see score_from_log_prob)")
+            raise TypeError(
+                "score must be a callable x -> grad log p(x) (see "
+                "score_from_log_prob)"
+            )
         if rule not in BANDWIDTH_RULES:
-            raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
+            raise ValueError(
+                f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}"
+            )
         self.score, self.backend = score, _check_backend(backend)
         if step_rule == "adagrad":
             self.step_rule = AdaGradMomentum(stepsize, alpha, fudge_factor)
@@ -571,9 +777,15 @@ class SVGD:
         elif callable(step_rule) and hasattr(step_rule, "reset"):
             self.step_rule = step_rule
         else:
-            raise ValueError(f"step_rule must be 'adagrad', 'constant' or a step object, got {step_rule!r}")
+            raise ValueError(
+                "step_rule must be 'adagrad', 'constant' or a step object, "
+                f"got {step_rule!r}"
+            )
         self.bandwidth, self.rule = bandwidth, rule
-        self.block_size, self.median_sample = _check_block(block_size), median_sample
+        self.block_size, self.median_sample = (
+            _check_block(block_size),
+            median_sample,
+        )
         self.iteration = 0
         self.snapshots: dict[int, torch.Tensor] = {}
 
@@ -587,8 +799,15 @@ class SVGD:
         """:math:`\\phi(x)` with this driver's score and bandwidth settings."""
         with torch.no_grad():
             s = self.score(x)
-            return svgd_direction(x, s, self.bandwidth, rule=self.rule, block_size=self.block_size,
-                                  median_sample=self.median_sample, backend=self.backend)
+            return svgd_direction(
+                x,
+                s,
+                self.bandwidth,
+                rule=self.rule,
+                block_size=self.block_size,
+                median_sample=self.median_sample,
+                backend=self.backend,
+            )
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One SVGD step; returns new particles."""
@@ -598,8 +817,13 @@ class SVGD:
         self.iteration += 1
         return x
 
-    def run(self, x: torch.Tensor, num_iter: int, record_at: Sequence[int] = (), progress: bool = False
-            ) -> torch.Tensor:
+    def run(
+        self,
+        x: torch.Tensor,
+        num_iter: int,
+        record_at: Sequence[int] = (),
+        progress: bool = False,
+    ) -> torch.Tensor:
         """``num_iter`` steps from ``x`` (continuing the step-size state); returns the final particles."""
         check_int("num_iter", num_iter, 0)
         from tqdm.auto import tqdm
@@ -608,24 +832,37 @@ class SVGD:
         x = _check_x(x).detach()
         if self.iteration in record:
             self.snapshots[self.iteration] = x.clone()
-        for _ in tqdm(range(num_iter), desc="SVGD", disable=not progress, leave=False):
+        for _ in tqdm(
+            range(num_iter), desc="SVGD", disable=not progress, leave=False
+        ):
             x = self.step(x)
             if not torch.isfinite(x).all():
-                raise FloatingPointError(f"SVGD particles became non-finite at iteration {self.iteration}; "
-                                         "lower the step size")
+                raise FloatingPointError(
+                    "SVGD particles became non-finite at iteration "
+                    f"{self.iteration}; "
+                    "lower the step size"
+                )
             if self.iteration in record:
                 self.snapshots[self.iteration] = x.clone()
         return x
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # amortized SVGD
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
-def amortized_svgd_loss(x: torch.Tensor, score, bandwidth=None, *, rule: str = "code",
-                        block_size: int = _DEFAULT_BLOCK, median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
-                        return_direction: bool = False, backend: str = "auto"):
+def amortized_svgd_loss(
+    x: torch.Tensor,
+    score,
+    bandwidth=None,
+    *,
+    rule: str = "code",
+    block_size: int = _DEFAULT_BLOCK,
+    median_sample: int = _DEFAULT_MEDIAN_SAMPLE,
+    return_direction: bool = False,
+    backend: str = "auto",
+):
     r"""Surrogate loss of amortized SVGD {Wang & Liu 2016} (Chapter 6, eq. ``ch06-amortized``).
 
     ``x = f_eta(xi)`` are sampler outputs ``(..., n, d)`` that require grad; the SVGD direction :math:`\phi` is computed
@@ -646,8 +883,15 @@ def amortized_svgd_loss(x: torch.Tensor, score, bandwidth=None, *, rule: str = "
     xd = x.detach()
     s = (score(xd) if callable(score) else score).detach()
     with torch.no_grad():
-        phi = svgd_direction(xd, s, bandwidth, rule=rule, block_size=block_size, median_sample=median_sample,
-                             backend=backend)
+        phi = svgd_direction(
+            xd,
+            s,
+            bandwidth,
+            rule=rule,
+            block_size=block_size,
+            median_sample=median_sample,
+            backend=backend,
+        )
     loss = -(x * phi).sum() / (x.numel() // x.shape[-1])
     return (loss, phi) if return_direction else loss
 
@@ -662,8 +906,14 @@ class ResidualSampler(nn.Module):
     units collapsed onto one mode in our runs, with ReLU units it covered all eight.
     """
 
-    def __init__(self, noise_dim: int, out_dim: int, hidden: Sequence[int] = (64, 64), scale: float = 2.0,
-                 activation: str = "relu"):
+    def __init__(
+        self,
+        noise_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (64, 64),
+        scale: float = 2.0,
+        activation: str = "relu",
+    ):
         super().__init__()
         from .models import MLP
 
@@ -672,8 +922,15 @@ class ResidualSampler(nn.Module):
         if not math.isfinite(scale):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
         if scale != 0 and noise_dim < out_dim:
-            raise ValueError(f"the skip connection needs noise_dim >= out_dim, got {noise_dim} < {out_dim}")
-        self.noise_dim, self.out_dim, self.scale = int(noise_dim), int(out_dim), float(scale)
+            raise ValueError(
+                "the skip connection needs noise_dim >= out_dim, got "
+                f"{noise_dim} < {out_dim}"
+            )
+        self.noise_dim, self.out_dim, self.scale = (
+            int(noise_dim),
+            int(out_dim),
+            float(scale),
+        )
         self.net = MLP(noise_dim, tuple(hidden), out_dim, activation)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
@@ -688,11 +945,26 @@ class NoiseBatches:
     :func:`vaebook.train.fit` with :class:`AmortizedSVGD`. Its own generator (seeded by ``seed``) is advanced, so
     every epoch sees new noise and the global RNG is untouched."""
 
-    def __init__(self, batch_size: int, noise_dim: int, num_batches: int, seed: int = 0,
-                 dtype: torch.dtype = torch.float32, device=None):
-        for name, v in (("batch_size", batch_size), ("noise_dim", noise_dim), ("num_batches", num_batches)):
+    def __init__(
+        self,
+        batch_size: int,
+        noise_dim: int,
+        num_batches: int,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
+        for name, v in (
+            ("batch_size", batch_size),
+            ("noise_dim", noise_dim),
+            ("num_batches", num_batches),
+        ):
             check_int(name, v)
-        self.batch_size, self.noise_dim, self.num_batches = batch_size, noise_dim, num_batches
+        self.batch_size, self.noise_dim, self.num_batches = (
+            batch_size,
+            noise_dim,
+            num_batches,
+        )
         self.dtype, self.device = dtype, device
         self.generator = torch.Generator().manual_seed(int(seed))
 
@@ -701,7 +973,12 @@ class NoiseBatches:
 
     def __iter__(self):
         for _ in range(self.num_batches):
-            xi = torch.randn(self.batch_size, self.noise_dim, generator=self.generator, dtype=self.dtype)
+            xi = torch.randn(
+                self.batch_size,
+                self.noise_dim,
+                generator=self.generator,
+                dtype=self.dtype,
+            )
             yield xi if self.device is None else xi.to(self.device)
 
 
@@ -716,39 +993,75 @@ class AmortizedSVGD(nn.Module):
     ``surrogate`` (the loss value).
     """
 
-    def __init__(self, sampler: nn.Module, score: Callable[[torch.Tensor], torch.Tensor], noise_dim: int, *,
-                 bandwidth=None, rule: str = "code", block_size: int = _DEFAULT_BLOCK, backend: str = "auto"):
+    def __init__(
+        self,
+        sampler: nn.Module,
+        score: Callable[[torch.Tensor], torch.Tensor],
+        noise_dim: int,
+        *,
+        bandwidth=None,
+        rule: str = "code",
+        block_size: int = _DEFAULT_BLOCK,
+        backend: str = "auto",
+    ):
         super().__init__()
         if not callable(score):
-            raise TypeError("score must be a callable x -> grad log p(x) (see score_from_log_prob)")
+            raise TypeError(
+                "score must be a callable x -> grad log p(x) (see "
+                "score_from_log_prob)"
+            )
         check_int("noise_dim", noise_dim)
         if rule not in BANDWIDTH_RULES:
-            raise ValueError(f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}")
-        self.sampler, self.score, self.noise_dim = sampler, score, int(noise_dim)
-        self.bandwidth, self.rule, self.block_size = bandwidth, rule, block_size
+            raise ValueError(
+                f"rule must be one of {BANDWIDTH_RULES}, got {rule!r}"
+            )
+        self.sampler, self.score, self.noise_dim = (
+            sampler,
+            score,
+            int(noise_dim),
+        )
+        self.bandwidth, self.rule, self.block_size = (
+            bandwidth,
+            rule,
+            block_size,
+        )
         self.backend = _check_backend(backend)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.sampler(noise)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` samples ``(n, d)`` from the sampler (noise drawn with ``generator``)."""
         p = next(self.sampler.parameters())
-        noise = torch.randn(n, self.noise_dim, generator=generator, dtype=p.dtype).to(p.device)
+        noise = torch.randn(
+            n, self.noise_dim, generator=generator, dtype=p.dtype
+        ).to(p.device)
         return self.sampler(noise)
 
     def loss(self, batch):
         noise = batch[0] if isinstance(batch, (list, tuple)) else batch
         x = self.sampler(noise)
-        loss, phi = amortized_svgd_loss(x, self.score, self.bandwidth, rule=self.rule, block_size=self.block_size,
-                                        return_direction=True, backend=self.backend)
-        return loss, {"phi_norm": phi.norm(dim=-1).mean().item(), "surrogate": loss.item()}
+        loss, phi = amortized_svgd_loss(
+            x,
+            self.score,
+            self.bandwidth,
+            rule=self.rule,
+            block_size=self.block_size,
+            return_direction=True,
+            backend=self.backend,
+        )
+        return loss, {
+            "phi_norm": phi.norm(dim=-1).mean().item(),
+            "surrogate": loss.item(),
+        }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # targets and summaries used by Chapter 6
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def gmm1d_target(dtype: torch.dtype = torch.float64):
@@ -758,42 +1071,71 @@ def gmm1d_target(dtype: torch.dtype = torch.float64):
     from torch.distributions import Categorical, MixtureSameFamily, Normal
 
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return MixtureSameFamily(Categorical(probs=torch.tensor([1 / 3, 2 / 3], dtype=dtype)),
-                             Normal(torch.tensor([-2.0, 2.0], dtype=dtype), torch.ones(2, dtype=dtype)))
+        raise ValueError(
+            f"dtype must be a floating torch.dtype, got {dtype!r}"
+        )
+    return MixtureSameFamily(
+        Categorical(probs=torch.tensor([1 / 3, 2 / 3], dtype=dtype)),
+        Normal(
+            torch.tensor([-2.0, 2.0], dtype=dtype), torch.ones(2, dtype=dtype)
+        ),
+    )
 
 
-def ring_target(num_modes: int = 8, radius: float = 2.0, std: float = 0.2, dtype: torch.dtype = torch.float64):
+def ring_target(
+    num_modes: int = 8,
+    radius: float = 2.0,
+    std: float = 0.2,
+    dtype: torch.dtype = torch.float64,
+):
     r"""An equal-weight mixture of ``num_modes`` isotropic 2-D Gaussians (s.d. ``std``) on a circle of radius
     ``radius`` (Chapter 6); a ``MixtureSameFamily`` with event shape ``(2,)``. The centres are
     ``target.component_distribution.mean``."""
-    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+    from torch.distributions import (
+        Categorical,
+        Independent,
+        MixtureSameFamily,
+        Normal,
+    )
 
     check_int("num_modes", num_modes)
     if not 0 <= radius < math.inf:
-        raise ValueError(f"radius must be a number >= 0 and finite, got {radius!r}")
+        raise ValueError(
+            f"radius must be a number >= 0 and finite, got {radius!r}"
+        )
     if not 0 < std < math.inf:
         raise ValueError(f"std must be a number > 0 and finite, got {std!r}")
     ang = 2 * math.pi * torch.arange(num_modes, dtype=dtype) / num_modes
     centres = radius * torch.stack([ang.cos(), ang.sin()], -1)
     comp = Independent(Normal(centres, torch.full_like(centres, std)), 1)
-    return MixtureSameFamily(Categorical(logits=torch.zeros(num_modes, dtype=dtype)), comp)
+    return MixtureSameFamily(
+        Categorical(logits=torch.zeros(num_modes, dtype=dtype)), comp
+    )
 
 
 def mode_weights(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Fraction of the points ``x`` ``(n, d)`` whose nearest centre (``(K, d)``) is each centre; shape ``(K,)``."""
     if centres.dim() != 2 or centres.shape[0] < 1:
-        raise ValueError(f"centres must have shape (K, d) with K >= 1, got {tuple(centres.shape)}")
+        raise ValueError(
+            "centres must have shape (K, d) with K >= 1, got "
+            f"{tuple(centres.shape)}"
+        )
     if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] != centres.shape[1]:
-        raise ValueError(f"x must have shape (n, d) with n >= 1 and d = centres.shape[1] = {centres.shape[1]}, got "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            "x must have shape (n, d) with n >= 1 and d = centres.shape[1] = "
+            f"{centres.shape[1]}, got "
+            f"{tuple(x.shape)}"
+        )
     nearest = torch.cdist(x.to(centres.dtype), centres).argmin(-1)
-    return torch.bincount(nearest, minlength=centres.shape[0]).to(centres.dtype) / x.shape[0]
+    return (
+        torch.bincount(nearest, minlength=centres.shape[0]).to(centres.dtype)
+        / x.shape[0]
+    )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # cost measurements (CPU)
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 
 
 def peak_memory(fn: Callable, *args, **kwargs):

@@ -3,6 +3,7 @@
 :func:`fit` trains any model that follows the book's contract ``model.loss(batch) -> (loss, logs)`` (see
 :mod:`vaebook.models`) and records every logged term, per step and per epoch, in a :class:`History`.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,13 @@ import torch
 
 from .utils import check_int, set_seed
 
-__all__ = ["History", "fit", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = [
+    "History",
+    "fit",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+]
 
 
 class History:
@@ -43,17 +50,33 @@ class History:
         return {k: v[-1] for k, v in self.epoch_logs.items() if v}
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "seconds": self.seconds, "epoch_logs": dict(self.epoch_logs)}
+        return {
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            "epoch_logs": dict(self.epoch_logs),
+        }
 
     def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" for k, v in self.last().items())
         return f"History(epochs={self.epochs}, {last})"
 
 
-def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3, optimizer=None,
-        device: torch.device | str | None = None, val_data=None, val_fn=None, grad_clip: float | None = None,
-        seed: int | None = 0, progress: bool = True, history: History | None = None,
-        scheduler=None, on_epoch_end=None) -> History:
+def fit(
+    model: torch.nn.Module,
+    train_loader,
+    num_epochs: int,
+    lr: float = 1e-3,
+    optimizer=None,
+    device: torch.device | str | None = None,
+    val_data=None,
+    val_fn=None,
+    grad_clip: float | None = None,
+    seed: int | None = 0,
+    progress: bool = True,
+    history: History | None = None,
+    scheduler=None,
+    on_epoch_end=None,
+) -> History:
     """Train ``model`` for ``num_epochs`` epochs on ``train_loader`` with Adam (or ``optimizer``).
 
     Args:
@@ -78,12 +101,19 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
     if not (0 < lr < math.inf):
         raise ValueError(f"lr must be > 0 and finite, got {lr!r}")
     if grad_clip is not None and not (0 < grad_clip < math.inf):
-        raise ValueError(f"grad_clip must be None or a number > 0 and finite, got {grad_clip!r}")
+        raise ValueError(
+            "grad_clip must be None or a number > 0 and finite, got "
+            f"{grad_clip!r}"
+        )
     if seed is not None:
         set_seed(seed)
     if device is not None:
         model.to(device)
-    opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    opt = (
+        optimizer
+        if optimizer is not None
+        else torch.optim.Adam(model.parameters(), lr=lr)
+    )
     history = history if history is not None else History()
     start = time.perf_counter()
     bar = tqdm(range(num_epochs), desc="epochs", disable=not progress)
@@ -95,8 +125,10 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
             loss, logs = model.loss(batch)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {history.epochs + 1}, step {n + 1}; "
-                    "lower the learning rate or check the data")
+                    f"loss became {loss.item()} at epoch "
+                    f"{history.epochs + 1}, step {n + 1}; "
+                    "lower the learning rate or check the data"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -107,7 +139,10 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
                 sums[k] += float(v)
             n += 1
         if n == 0:
-            raise ValueError("train_loader must yield at least one batch per epoch (it yielded none)")
+            raise ValueError(
+                "train_loader must yield at least one batch per epoch (it "
+                "yielded none)"
+            )
         for k, v in sums.items():
             history.epoch_logs[k].append(v / n)
         if val_data is not None and val_fn is not None:
@@ -121,7 +156,9 @@ def fit(model: torch.nn.Module, train_loader, num_epochs: int, lr: float = 1e-3,
         if on_epoch_end is not None:
             on_epoch_end(history.epochs, model, history)
         if progress:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in list(history.last().items())[:3]})
+            bar.set_postfix(
+                {k: f"{v:.3g}" for k, v in list(history.last().items())[:3]}
+            )
     history.seconds += time.perf_counter() - start
     model.eval()
     return history
@@ -131,7 +168,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, or does not match the model."""
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **meta) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, path: str | os.PathLike, **meta
+) -> Path:
     """Save ``model.state_dict()`` (tensors only, CPU) and JSON-serialisable ``meta`` to ``path``.
 
     Loaded with ``torch.load(..., weights_only=True)`` by :func:`load_checkpoint`; ``meta`` is stored as a JSON
@@ -144,7 +183,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **meta) -> 
     return path
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(
+    model: torch.nn.Module, path: str | os.PathLike, map_location="cpu"
+) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (``weights_only=True``); return its meta.
 
     Raises :class:`CheckpointError` (a ``ValueError``) that names the file and says what to do when the file is
@@ -152,25 +193,47 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, map_locatio
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint path {path} is a directory, not a checkpoint file: give the path of the "
-                              f".pt file itself (e.g. {path / 'NAME.pt'}); see vaebook.pretrained for the names")
+        raise CheckpointError(
+            f"checkpoint path {path} is a directory, not a checkpoint file: "
+            "give the path of the "
+            f".pt file itself (e.g. {path / 'NAME.pt'}); see "
+            "vaebook.pretrained for the names"
+        )
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; retrain it (see vaebook.pretrained) or fix the path")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; retrain it (see "
+            "vaebook.pretrained) or fix the path"
+        )
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
         state, meta = blob["state_dict"], json.loads(blob.get("meta", "{}"))
-    except Exception as e:  # noqa: BLE001 - any unpickling/zip error means a damaged file
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
-                              "delete it and retrain it (see vaebook.pretrained)") from e
-    bad = [k for k, v in state.items()
-           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    # noqa: BLE001 - any unpickling/zip error means a damaged file
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
+            "delete it and retrain it (see vaebook.pretrained)"
+        ) from e
+    bad = [
+        k
+        for k, v in state.items()
+        if torch.is_tensor(v)
+        and v.is_floating_point()
+        and not bool(torch.isfinite(v).all())
+    ]
     if bad:
-        raise CheckpointError(f"checkpoint {path} holds non-finite (NaN or inf) weights in {len(bad)} tensor(s): "
-                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; a diverged training run was "
-                              "saved: delete it and retrain it (see vaebook.pretrained)")
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite (NaN or inf) weights in "
+            f"{len(bad)} tensor(s): "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; a "
+            "diverged training run was "
+            "saved: delete it and retrain it (see vaebook.pretrained)"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match this model's architecture: {e}. "
-                              "Build the model with the checkpoint's settings or retrain it.") from e
+        raise CheckpointError(
+            f"checkpoint {path} does not match this model's architecture: "
+            f"{e}. "
+            "Build the model with the checkpoint's settings or retrain it."
+        ) from e
     return meta

@@ -1,4 +1,5 @@
 """Small helpers shared by every chapter: seeds, devices, argument checks."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,15 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["set_seed", "get_device", "check_finite", "check_positive", "check_int", "check_number", "show_source"]
+__all__ = [
+    "set_seed",
+    "get_device",
+    "check_finite",
+    "check_positive",
+    "check_int",
+    "check_number",
+    "show_source",
+]
 
 
 def set_seed(seed: int = 0) -> torch.Generator:
@@ -46,32 +55,54 @@ def get_device(prefer: str | None = None) -> torch.device:
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` if ``t`` holds NaN or infinite values."""
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite (no NaN or inf); got a tensor with non-finite entries")
+        raise ValueError(
+            f"{name} must be finite (no NaN or inf); got a tensor with "
+            "non-finite entries"
+        )
 
 
 def check_positive(name: str, value) -> None:
     """Raise ``ValueError`` unless ``value`` (a number or tensor) is finite and > 0 everywhere."""
-    # numbers in float64: a finite float beyond the float32 range (e.g. 1e300) is not "inf"
-    t = value if torch.is_tensor(value) else torch.as_tensor(value, dtype=torch.float64)
+    # numbers in float64: a finite float beyond the float32 range (e.g.
+    # 1e300) is not "inf"
+    t = (
+        value
+        if torch.is_tensor(value)
+        else torch.as_tensor(value, dtype=torch.float64)
+    )
     if not (torch.isfinite(t).all() and (t > 0).all()):
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
     """Return ``value`` as an int; raise ``ValueError`` naming ``name`` unless it is an int (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
-def check_number(name: str, value, minimum: float | None = None, strict: bool = False) -> float:
+def check_number(
+    name: str, value, minimum: float | None = None, strict: bool = False
+) -> float:
     """Return ``value`` as a float; raise ``ValueError`` naming ``name`` unless it is a finite real number (not a bool)
     that is ``>= minimum`` (``> minimum`` when ``strict``; no bound when ``minimum`` is None)."""
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
     if ok and minimum is not None:
         ok = value > minimum if strict else value >= minimum
     if not ok:
-        rng = "" if minimum is None else f" and {'>' if strict else '>='} {minimum}"
+        rng = (
+            ""
+            if minimum is None
+            else f" and {'>' if strict else '>='} {minimum}"
+        )
         raise ValueError(f"{name} must be a finite number{rng}, got {value!r}")
     return float(value)
 
@@ -87,7 +118,11 @@ def show_source(obj, docstring: bool = False) -> None:
         tree = ast.parse(src)
         node = tree.body[0]
         doc = ast.get_docstring(node, clean=False)
-        if doc is not None and node.body and isinstance(node.body[0], ast.Expr):
+        if (
+            doc is not None
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        ):
             lines = src.splitlines()
             first, last = node.body[0].lineno - 1, node.body[0].end_lineno
             src = "\n".join(lines[:first] + lines[last:])

@@ -26,6 +26,7 @@ Pretrained checkpoints (``ch09_vrnn``, ``ch09_lstm``, ``ch09_gmvrnn_a``, ``ch09_
 
     python -m vaebook.vrnn train ch09_vrnn      # or ch09_lstm, ch09_gmvrnn_a, ch09_gmvrnn_b; --num-epochs N
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,25 +47,52 @@ from .models import MLP
 from .relaxed import gumbel_max, gumbel_softmax
 from .utils import check_int, check_number
 
-__all__ = ["VRNN", "GMVRNN", "LSTMBaseline", "log_normal_diag", "split_mask", "CONFIGS", "build", "train",
-           "build_vrnn", "train_vrnn", "build_lstm", "train_lstm", "build_gmvrnn_a", "train_gmvrnn_a",
-           "build_gmvrnn_b", "train_gmvrnn_b"]
+__all__ = [
+    "VRNN",
+    "GMVRNN",
+    "LSTMBaseline",
+    "log_normal_diag",
+    "split_mask",
+    "CONFIGS",
+    "build",
+    "train",
+    "build_vrnn",
+    "train_vrnn",
+    "build_lstm",
+    "train_lstm",
+    "build_gmvrnn_a",
+    "train_gmvrnn_a",
+    "build_gmvrnn_b",
+    "train_gmvrnn_b",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def log_normal_diag(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def log_normal_diag(
+    x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
     r""":math:`\log\mathcal N(x;\mu,\mathrm{diag}\,e^{v})` summed over the last dimension: ``(...)``."""
     if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (the event dimension, summed over)")
+        raise ValueError(
+            "x must have at least one dimension (the event dimension, summed "
+            "over)"
+        )
     try:
         torch.broadcast_shapes(x.shape, mean.shape, logvar.shape)
     except RuntimeError:
-        raise ValueError(f"x, mean and logvar must broadcast, got shapes {tuple(x.shape)}, {tuple(mean.shape)} and "
-                         f"{tuple(logvar.shape)}") from None
-    if bool(torch.isnan(logvar.detach()).any()) or bool(torch.isnan(mean.detach()).any()):
+        raise ValueError(
+            f"x, mean and logvar must broadcast, got shapes {tuple(x.shape)}, "
+            f"{tuple(mean.shape)} and "
+            f"{tuple(logvar.shape)}"
+        ) from None
+    if bool(torch.isnan(logvar.detach()).any()) or bool(
+        torch.isnan(mean.detach()).any()
+    ):
         raise ValueError("mean and logvar must not contain NaN")
-    return -0.5 * (_LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar)).sum(-1)
+    return -0.5 * (
+        _LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar)
+    ).sum(-1)
 
 
 def split_mask(batch):
@@ -72,15 +100,23 @@ def split_mask(batch):
     second item, if it has shape ``(B, T)``, is the mask (labels ``(B,)`` from a ``TensorDataset`` are ignored)."""
     if isinstance(batch, (list, tuple)):
         x = batch[0]
-        mask = batch[1] if len(batch) > 1 and torch.is_tensor(batch[1]) and batch[1].shape == x.shape[:2] else None
+        mask = (
+            batch[1]
+            if len(batch) > 1
+            and torch.is_tensor(batch[1])
+            and batch[1].shape == x.shape[:2]
+            else None
+        )
         return x, mask
     return batch, None
 
 
 def _check_x(x: torch.Tensor, x_dim: int) -> None:
     if not torch.is_tensor(x) or x.dim() != 3 or x.shape[-1] != x_dim:
-        raise ValueError(f"x must be a tensor of shape (B, T, {x_dim}), got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        raise ValueError(
+            f"x must be a tensor of shape (B, T, {x_dim}), got "
+            f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
+        )
 
 
 def _check_mask(mask, x):
@@ -88,7 +124,10 @@ def _check_mask(mask, x):
         return None
     mask = torch.as_tensor(mask, device=x.device)
     if mask.shape != x.shape[:2]:
-        raise ValueError(f"mask must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must have shape (B, T) = {tuple(x.shape[:2])}, got "
+            f"{tuple(mask.shape)}"
+        )
     return mask.to(x.dtype)
 
 
@@ -96,7 +135,9 @@ class _GaussHead(nn.Module):
     """MLP whose output is split into a mean and a floored log-variance (``min_logvar + softplus(raw - min)``);
     the floor is what keeps the VRNN's variances from collapsing to 0 and the loss from becoming NaN."""
 
-    def __init__(self, in_dim, hidden, out_dim, min_logvar=-9.0, max_logvar=9.0):
+    def __init__(
+        self, in_dim, hidden, out_dim, min_logvar=-9.0, max_logvar=9.0
+    ):
         super().__init__()
         self.net = MLP(in_dim, hidden, 2 * out_dim, "relu")
         self.min_logvar, self.max_logvar = float(min_logvar), float(max_logvar)
@@ -119,20 +160,37 @@ class _RecurrentLatent(nn.Module):
 
     def __init__(self, x_dim, h_dim, z_dim, feat_dim, cell, binarize):
         super().__init__()
-        for name, v in (("x_dim", x_dim), ("h_dim", h_dim), ("z_dim", z_dim), ("feat_dim", feat_dim)):
+        for name, v in (
+            ("x_dim", x_dim),
+            ("h_dim", h_dim),
+            ("z_dim", z_dim),
+            ("feat_dim", feat_dim),
+        ):
             check_int(name, v)
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
         if binarize not in (None, "dynamic"):
-            raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
-        self.x_dim, self.h_dim, self.z_dim, self.feat_dim = x_dim, h_dim, z_dim, feat_dim
+            raise ValueError(
+                f"binarize must be None or 'dynamic', got {binarize!r}"
+            )
+        self.x_dim, self.h_dim, self.z_dim, self.feat_dim = (
+            x_dim,
+            h_dim,
+            z_dim,
+            feat_dim,
+        )
         self.cell_type, self.binarize = cell, binarize
         self.phi_x = _features(x_dim, feat_dim)
         self.phi_z = _features(z_dim, feat_dim)
-        self.dec = MLP(feat_dim + h_dim, (feat_dim,), x_dim, "relu")  # Bernoulli logits of x_t
-        self.rnn = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(2 * feat_dim, h_dim)
+        self.dec = MLP(
+            feat_dim + h_dim, (feat_dim,), x_dim, "relu"
+        )  # Bernoulli logits of x_t
+        self.rnn = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(
+            2 * feat_dim, h_dim
+        )
 
-    # -- recurrent state ----------------------------------------------------------------------------------------
+    # -- recurrent state
+    # -------------------------------------------------------------------------
     def _device(self):
         return next(self.parameters()).device
 
@@ -157,10 +215,15 @@ class _RecurrentLatent(nn.Module):
         return self.dec(torch.cat([self.phi_z(z), h], -1))
 
     def _rec(self, x_t, z, h):
-        return -F.binary_cross_entropy_with_logits(self.dec_logits(z, h), x_t, reduction="none").sum(-1)
+        return -F.binary_cross_entropy_with_logits(
+            self.dec_logits(z, h), x_t, reduction="none"
+        ).sum(-1)
 
-    # -- subclass hooks -----------------------------------------------------------------------------------------
-    def _step(self, x_t, fx_t, h, noise):  # -> (z, dict of (B,) terms incl. "rec", "kl", "kl_train", "logw")
+    # -- subclass hooks
+    # -------------------------------------------------------------------------
+    def _step(
+        self, x_t, fx_t, h, noise
+    ):  # -> (z, dict of (B,) terms incl. "rec", "kl", "kl_train", "logw")
         raise NotImplementedError
 
     def _prior_sample(self, h):
@@ -169,8 +232,11 @@ class _RecurrentLatent(nn.Module):
     def _posterior_sample(self, fx_t, h):
         raise NotImplementedError
 
-    # -- objectives ---------------------------------------------------------------------------------------------
-    def elbo_per_step(self, x: torch.Tensor, mask=None, noise=None) -> dict[str, torch.Tensor]:
+    # -- objectives
+    # -------------------------------------------------------------------------
+    def elbo_per_step(
+        self, x: torch.Tensor, mask=None, noise=None
+    ) -> dict[str, torch.Tensor]:
         r"""Per-step terms of the sequence ELBO (eq. ``ch09-elbo``), each ``(B, T)`` and 0 where ``mask == 0``.
 
         ``"rec"`` is :math:`\log p(x_t\mid z_t,h_{t-1})` at one sample :math:`z_t\sim q`; ``"kl"`` the per-step
@@ -189,7 +255,12 @@ class _RecurrentLatent(nn.Module):
         out: dict[str, list] = {}
         for t in range(steps):
             m = None if mask is None else mask[:, t]
-            z, terms = self._step(x[:, t], fx[:, t], state[0], None if noise is None else noise[:, t])
+            z, terms = self._step(
+                x[:, t],
+                fx[:, t],
+                state[0],
+                None if noise is None else noise[:, t],
+            )
             for k, v in terms.items():
                 out.setdefault(k, []).append(v if m is None else v * m)
             state = self._update(fx[:, t], z, state, m)
@@ -229,24 +300,40 @@ class _RecurrentLatent(nn.Module):
         x, mask = self._prepare(batch)
         terms = self.elbo_per_step(x, mask)
         loss = -(terms["rec"] - terms["kl_train"]).sum(1).mean()
-        logs = {"loss": loss.item(), "elbo": terms["elbo"].sum(1).mean().item()}
+        logs = {
+            "loss": loss.item(),
+            "elbo": terms["elbo"].sum(1).mean().item(),
+        }
         for k in self.terms:
             logs[k] = terms[k].sum(1).mean().item()
         return loss, logs
 
-    def log_weights(self, x: torch.Tensor, num_samples: int, mask=None) -> torch.Tensor:
+    def log_weights(
+        self, x: torch.Tensor, num_samples: int, mask=None
+    ) -> torch.Tensor:
         r"""Log importance weights :math:`\log p(x_{\le T},z_{\le T})-\log q(z_{\le T}\mid x_{\le T})` with the
         sequential proposal (eq. ``ch09-iw``): ``(num_samples, B)``; for :func:`vaebook.metrics.iwae_bound`."""
         _check_x(x, self.x_dim)
         b = x.shape[0]
         xs = x.repeat(num_samples, 1, 1)
-        ms = None if mask is None else _check_mask(mask, x).repeat(num_samples, 1)
+        ms = (
+            None
+            if mask is None
+            else _check_mask(mask, x).repeat(num_samples, 1)
+        )
         return self.elbo_per_step(xs, ms)["logw"].sum(1).view(num_samples, b)
 
-    # -- generation ---------------------------------------------------------------------------------------------
+    # -- generation
+    # -------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, num: int, T: int = 28, prime=None, feed: str = "sample",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        num: int,
+        T: int = 28,
+        prime=None,
+        feed: str = "sample",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         r"""``num`` sequences of length ``T``: ``(num, T, x_dim)``.
 
         Without ``prime``, every step draws :math:`z_t` from the prior :math:`p(z_t\mid h_{t-1})`, then
@@ -262,7 +349,9 @@ class _RecurrentLatent(nn.Module):
         self.eval()
         try:
             dev = self._device()
-            out, t0 = _output_buffer(num, T, self.x_dim, prime, dev, next(self.parameters()).dtype)
+            out, t0 = _output_buffer(
+                num, T, self.x_dim, prime, dev, next(self.parameters()).dtype
+            )
             state = self.init_state(num)
             for t in range(T):
                 h = state[0]
@@ -274,7 +363,11 @@ class _RecurrentLatent(nn.Module):
                     z = self._prior_sample(h)
                     p = torch.sigmoid(self.dec_logits(z, h))
                     out[:, t] = p
-                    x_t = torch.bernoulli(p, generator=generator) if feed == "sample" else p
+                    x_t = (
+                        torch.bernoulli(p, generator=generator)
+                        if feed == "sample"
+                        else p
+                    )
                     fx_t = self.phi_x(x_t)
                 state = self._update(fx_t, z, state)
             return out
@@ -282,7 +375,9 @@ class _RecurrentLatent(nn.Module):
             self.train(was)
 
 
-def _output_buffer(num: int, T: int, x_dim: int, prime, device, dtype=None) -> tuple[torch.Tensor, int]:
+def _output_buffer(
+    num: int, T: int, x_dim: int, prime, device, dtype=None
+) -> tuple[torch.Tensor, int]:
     """The ``(num, T, x_dim)`` buffer a generator fills, with the priming rows copied in; returns it and their count.
 
     ``prime`` is ``None``, ``(T0, x_dim)`` (shared by all sequences) or ``(num, T0, x_dim)`` with ``T0 <= T``.
@@ -293,10 +388,18 @@ def _output_buffer(num: int, T: int, x_dim: int, prime, device, dtype=None) -> t
     prime = torch.as_tensor(prime, dtype=out.dtype, device=device)
     if prime.dim() == 2:
         prime = prime.expand(num, *prime.shape)
-    if prime.dim() != 3 or prime.shape[0] != num or prime.shape[2] != x_dim or prime.shape[1] > T:
-        raise ValueError(f"prime must be (T0, {x_dim}) or ({num}, T0, {x_dim}) with T0 <= {T}, "
-                         f"got {tuple(prime.shape)}")
-    out[:, :prime.shape[1]] = prime
+    if (
+        prime.dim() != 3
+        or prime.shape[0] != num
+        or prime.shape[2] != x_dim
+        or prime.shape[1] > T
+    ):
+        raise ValueError(
+            f"prime must be (T0, {x_dim}) or ({num}, T0, {x_dim}) with T0 <= "
+            f"{T}, "
+            f"got {tuple(prime.shape)}"
+        )
+    out[:, : prime.shape[1]] = prime
     return out, prime.shape[1]
 
 
@@ -316,8 +419,17 @@ class VRNN(_RecurrentLatent):
     grey-level batches in training mode.
     """
 
-    def __init__(self, x_dim: int = 28, h_dim: int = 128, z_dim: int = 16, feat_dim: int = 64, cell: str = "lstm",
-                 min_logvar: float = -9.0, beta: float = 1.0, binarize: str | None = "dynamic"):
+    def __init__(
+        self,
+        x_dim: int = 28,
+        h_dim: int = 128,
+        z_dim: int = 16,
+        feat_dim: int = 64,
+        cell: str = "lstm",
+        min_logvar: float = -9.0,
+        beta: float = 1.0,
+        binarize: str | None = "dynamic",
+    ):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
         check_number("beta", beta, 0.0)
         self.prior = _GaussHead(h_dim, (feat_dim,), z_dim, min_logvar)
@@ -339,10 +451,21 @@ class VRNN(_RecurrentLatent):
         z = q_mean + torch.exp(0.5 * q_logvar) * eps
         rec = self._rec(x_t, z, h)
         kl = kl_normal_diag(q_mean, q_logvar, p_mean, p_logvar)
-        logw = rec + log_normal_diag(z, p_mean, p_logvar) - log_normal_diag(z, q_mean, q_logvar)
-        return z, {"rec": rec, "kl": kl, "kl_train": self.beta * kl, "logw": logw}
+        logw = (
+            rec
+            + log_normal_diag(z, p_mean, p_logvar)
+            - log_normal_diag(z, q_mean, q_logvar)
+        )
+        return z, {
+            "rec": rec,
+            "kl": kl,
+            "kl_train": self.beta * kl,
+            "logw": logw,
+        }
 
-    def step_params(self, x: torch.Tensor, noise=None) -> dict[str, torch.Tensor]:
+    def step_params(
+        self, x: torch.Tensor, noise=None
+    ) -> dict[str, torch.Tensor]:
         """Prior and encoder parameters along one filtered pass, ``(B, T, z_dim)`` each (for tests and figures):
         ``{"p_mean", "p_logvar", "q_mean", "q_logvar", "z"}``, with the same ``noise`` convention as
         :meth:`elbo_per_step`."""
@@ -399,46 +522,76 @@ class GMVRNN(_RecurrentLatent):
     \sigma_k^2(w_t))`, so its mean is the exact ELBO (the four-term estimate is not unbiased for it, see Chapter 9).
     """
 
-    def __init__(self, variant: str = "gumbel", x_dim: int = 28, h_dim: int = 128, z_dim: int = 16,
-                 num_components: int = 4, w_dim: int = 8, feat_dim: int = 64, cell: str = "lstm",
-                 tau: float = 1.0, hard: bool = False, free_bits: float = 0.0, min_logvar: float = -9.0,
-                 binarize: str | None = "dynamic", backend: str = "auto"):
+    def __init__(
+        self,
+        variant: str = "gumbel",
+        x_dim: int = 28,
+        h_dim: int = 128,
+        z_dim: int = 16,
+        num_components: int = 4,
+        w_dim: int = 8,
+        feat_dim: int = 64,
+        cell: str = "lstm",
+        tau: float = 1.0,
+        hard: bool = False,
+        free_bits: float = 0.0,
+        min_logvar: float = -9.0,
+        binarize: str | None = "dynamic",
+        backend: str = "auto",
+    ):
         super().__init__(x_dim, h_dim, z_dim, feat_dim, cell, binarize)
         self.backend = _check_backend(backend)
         if variant not in ("gumbel", "gmvae"):
-            raise ValueError(f"variant must be 'gumbel' or 'gmvae', got {variant!r}")
+            raise ValueError(
+                f"variant must be 'gumbel' or 'gmvae', got {variant!r}"
+            )
         check_int("num_components", num_components)
         check_int("w_dim", w_dim)
         check_number("tau", tau, 0.0, strict=True)
         check_number("free_bits", free_bits, 0.0)
         self.variant, self.K, self.w_dim = variant, num_components, w_dim
-        self.tau, self.hard, self.free_bits = float(tau), bool(hard), float(free_bits)
+        self.tau, self.hard, self.free_bits = (
+            float(tau),
+            bool(hard),
+            float(free_bits),
+        )
         k = num_components
         if variant == "gumbel":
             self.terms = ("rec", "kl", "kl_cat", "kl_gauss")
             self.prior = MLP(h_dim, (feat_dim,), k + 2 * k * z_dim, "relu")
-            self.enc = MLP(feat_dim + h_dim, (feat_dim,), k + 2 * k * z_dim, "relu")
+            self.enc = MLP(
+                feat_dim + h_dim, (feat_dim,), k + 2 * k * z_dim, "relu"
+            )
         else:
             self.terms = ("rec", "kl", "cond_prior", "w_prior", "v_prior")
             self.prior_w = _GaussHead(h_dim, (feat_dim,), w_dim, min_logvar)
             self.prior_v = MLP(h_dim, (feat_dim,), k, "relu")
-            self.enc_w = _GaussHead(feat_dim + h_dim, (feat_dim,), w_dim, min_logvar)
-            self.enc_z = _GaussHead(feat_dim + h_dim, (feat_dim,), z_dim, min_logvar)
+            self.enc_w = _GaussHead(
+                feat_dim + h_dim, (feat_dim,), w_dim, min_logvar
+            )
+            self.enc_z = _GaussHead(
+                feat_dim + h_dim, (feat_dim,), z_dim, min_logvar
+            )
             self.gm = MLP(w_dim, (feat_dim,), 2 * k * z_dim, "tanh")
         self.min_logvar = float(min_logvar)
 
-    # -- variant (a) --------------------------------------------------------------------------------------------
+    # -- variant (a)
+    # -------------------------------------------------------------------------
     def _mixture(self, raw):
         k, d = self.K, self.z_dim
         logits = raw[..., :k]
         mean, lv = raw[..., k:].unflatten(-1, (2, k, d)).unbind(-3)
-        logvar = (self.min_logvar + F.softplus(lv - self.min_logvar)).clamp(max=9.0)
+        logvar = (self.min_logvar + F.softplus(lv - self.min_logvar)).clamp(
+            max=9.0
+        )
         return logits, mean, logvar
 
     def mixture_params(self, fx_t, h):
         """Variant (a): ``((q_logits, q_mean, q_logvar), (p_logits, p_mean, p_logvar))``, logits ``(B, K)``,
         means and log-variances ``(B, K, z_dim)``."""
-        return self._mixture(self.enc(torch.cat([fx_t, h], -1))), self._mixture(self.prior(h))
+        return self._mixture(
+            self.enc(torch.cat([fx_t, h], -1))
+        ), self._mixture(self.prior(h))
 
     @staticmethod
     def matched_kl(q, p) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,75 +599,129 @@ class GMVRNN(_RecurrentLatent):
         ``(B,)``: :math:`\sum_k\pi^q_k\log(\pi^q_k/\pi^p_k)` and :math:`\sum_k\pi^q_k\mathrm{KL}(q_k\|p_k)`."""
         (q_logits, q_mean, q_logvar), (p_logits, p_mean, p_logvar) = q, p
         kl_cat = kl_categorical(q_logits, p_logits)
-        kl_gauss = (torch.softmax(q_logits, -1) * kl_normal_diag(q_mean, q_logvar, p_mean, p_logvar)).sum(-1)
+        kl_gauss = (
+            torch.softmax(q_logits, -1)
+            * kl_normal_diag(q_mean, q_logvar, p_mean, p_logvar)
+        ).sum(-1)
         return kl_cat, kl_gauss
 
     @staticmethod
     def _mixture_log_prob(z, logits, mean, logvar):
-        return torch.logsumexp(torch.log_softmax(logits, -1) + log_normal_diag(z.unsqueeze(-2), mean, logvar), -1)
+        return torch.logsumexp(
+            torch.log_softmax(logits, -1)
+            + log_normal_diag(z.unsqueeze(-2), mean, logvar),
+            -1,
+        )
 
     def _sample_mixture(self, logits, mean, logvar, relaxed):
         w = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-        if self.K == 1:  # one component: v = 1 exactly (gumbel_softmax needs K >= 2)
+        if (
+            self.K == 1
+        ):  # one component: v = 1 exactly (gumbel_softmax needs K >= 2)
             return w[..., 0, :]
         if relaxed:
-            v = gumbel_softmax(logits, self.tau, hard=self.hard, backend=self.backend)
+            v = gumbel_softmax(
+                logits, self.tau, hard=self.hard, backend=self.backend
+            )
         else:
             v = gumbel_max(logits)
         return (v.unsqueeze(-1) * w).sum(-2)
 
-    # -- variant (b) --------------------------------------------------------------------------------------------
+    # -- variant (b)
+    # -------------------------------------------------------------------------
     def gm_params(self, w):
         """Variant (b): the mixture network, ``(mean, logvar)`` of :math:`p(z_t\\mid w_t,v_t=k)`, ``(B, K, z_dim)``."""
         mean, lv = self.gm(w).unflatten(-1, (2, self.K, self.z_dim)).unbind(-3)
-        return mean, (self.min_logvar + F.softplus(lv - self.min_logvar)).clamp(max=9.0)
+        return mean, (
+            self.min_logvar + F.softplus(lv - self.min_logvar)
+        ).clamp(max=9.0)
 
-    def gmvae_terms(self, x_t, fx_t, h, z_noise=None, w_noise=None) -> tuple[torch.Tensor, dict]:
+    def gmvae_terms(
+        self, x_t, fx_t, h, z_noise=None, w_noise=None
+    ) -> tuple[torch.Tensor, dict]:
         """Variant (b): one step's four terms and the log weight (one sample of ``(z_t, w_t)``)."""
         pw_mean, pw_logvar = self.prior_w(h)
         pi_logits = torch.log_softmax(self.prior_v(h), -1)
         inp = torch.cat([fx_t, h], -1)
         qz_mean, qz_logvar = self.enc_z(inp)
         qw_mean, qw_logvar = self.enc_w(inp)
-        z = qz_mean + torch.exp(0.5 * qz_logvar) * (torch.randn_like(qz_mean) if z_noise is None else z_noise)
-        w = qw_mean + torch.exp(0.5 * qw_logvar) * (torch.randn_like(qw_mean) if w_noise is None else w_noise)
+        z = qz_mean + torch.exp(0.5 * qz_logvar) * (
+            torch.randn_like(qz_mean) if z_noise is None else z_noise
+        )
+        w = qw_mean + torch.exp(0.5 * qw_logvar) * (
+            torch.randn_like(qw_mean) if w_noise is None else w_noise
+        )
         gm_mean, gm_logvar = self.gm_params(w)
-        joint = pi_logits + log_normal_diag(z.unsqueeze(-2), gm_mean, gm_logvar)  # log pi_k N(z; mu_k(w), .)
-        log_r = torch.log_softmax(joint, -1)  # responsibilities p(v_t | z_t, w_t, h_{t-1})
+        joint = pi_logits + log_normal_diag(
+            z.unsqueeze(-2), gm_mean, gm_logvar
+        )  # log pi_k N(z; mu_k(w), .)
+        log_r = torch.log_softmax(
+            joint, -1
+        )  # responsibilities p(v_t | z_t, w_t, h_{t-1})
         rec = self._rec(x_t, z, h)
-        kl_k = kl_normal_diag(qz_mean.unsqueeze(-2), qz_logvar.unsqueeze(-2), gm_mean, gm_logvar)
+        kl_k = kl_normal_diag(
+            qz_mean.unsqueeze(-2), qz_logvar.unsqueeze(-2), gm_mean, gm_logvar
+        )
         cond = (log_r.exp() * kl_k).sum(-1)
         w_prior = kl_normal_diag(qw_mean, qw_logvar, pw_mean, pw_logvar)
         v_prior = kl_categorical(log_r, pi_logits)
-        logw = (rec + torch.logsumexp(joint, -1) + log_normal_diag(w, pw_mean, pw_logvar)
-                - log_normal_diag(z, qz_mean, qz_logvar) - log_normal_diag(w, qw_mean, qw_logvar))
+        logw = (
+            rec
+            + torch.logsumexp(joint, -1)
+            + log_normal_diag(w, pw_mean, pw_logvar)
+            - log_normal_diag(z, qz_mean, qz_logvar)
+            - log_normal_diag(w, qw_mean, qw_logvar)
+        )
         v_train = v_prior
         if self.free_bits > 0 and self.training:
-            v_train = torch.clamp(v_prior.mean(), min=self.free_bits).expand_as(v_prior)
+            v_train = torch.clamp(
+                v_prior.mean(), min=self.free_bits
+            ).expand_as(v_prior)
         kl = cond + w_prior + v_prior
-        return z, {"rec": rec, "kl": kl, "kl_train": cond + w_prior + v_train, "logw": logw,
-                   "cond_prior": cond, "w_prior": w_prior, "v_prior": v_prior}
+        return z, {
+            "rec": rec,
+            "kl": kl,
+            "kl_train": cond + w_prior + v_train,
+            "logw": logw,
+            "cond_prior": cond,
+            "w_prior": w_prior,
+            "v_prior": v_prior,
+        }
 
-    # -- hooks --------------------------------------------------------------------------------------------------
+    # -- hooks
+    # -------------------------------------------------------------------------
     def _step(self, x_t, fx_t, h, noise):
         if self.variant == "gmvae":
             return self.gmvae_terms(x_t, fx_t, h)
         q, p = self.mixture_params(fx_t, h)
         z = self._sample_mixture(*q, relaxed=self.training)
         rec = self._rec(x_t, z, h)
-        if resolve_backend(self.backend, q[0]) == "triton":  # the whole bound in one fused kernel
+        if (
+            resolve_backend(self.backend, q[0]) == "triton"
+        ):  # the whole bound in one fused kernel
             kl = matched_kl(*q, *p, backend="triton")
             kl_cat = kl_categorical(q[0], p[0])
             kl_gauss = kl - kl_cat
         else:
             kl_cat, kl_gauss = self.matched_kl(q, p)
             kl = kl_cat + kl_gauss
-        logw = rec + self._mixture_log_prob(z, *p) - self._mixture_log_prob(z, *q)
-        return z, {"rec": rec, "kl": kl, "kl_train": kl, "logw": logw, "kl_cat": kl_cat, "kl_gauss": kl_gauss}
+        logw = (
+            rec + self._mixture_log_prob(z, *p) - self._mixture_log_prob(z, *q)
+        )
+        return z, {
+            "rec": rec,
+            "kl": kl,
+            "kl_train": kl,
+            "logw": logw,
+            "kl_cat": kl_cat,
+            "kl_gauss": kl_gauss,
+        }
 
     def _prior_sample(self, h):
         if self.variant == "gumbel":
-            return self._sample_mixture(*self._mixture(self.prior(h)), relaxed=False)
+            return self._sample_mixture(
+                *self._mixture(self.prior(h)), relaxed=False
+            )
         pw_mean, pw_logvar = self.prior_w(h)
         w = pw_mean + torch.exp(0.5 * pw_logvar) * torch.randn_like(pw_mean)
         logits_v = self.prior_v(h)
@@ -525,7 +732,10 @@ class GMVRNN(_RecurrentLatent):
 
     def _posterior_sample(self, fx_t, h):
         if self.variant == "gumbel":
-            return self._sample_mixture(*self._mixture(self.enc(torch.cat([fx_t, h], -1))), relaxed=False)
+            return self._sample_mixture(
+                *self._mixture(self.enc(torch.cat([fx_t, h], -1))),
+                relaxed=False,
+            )
         qz_mean, qz_logvar = self.enc_z(torch.cat([fx_t, h], -1))
         return qz_mean + torch.exp(0.5 * qz_logvar) * torch.randn_like(qz_mean)
 
@@ -538,16 +748,31 @@ class LSTMBaseline(nn.Module):
 
     terms = ("rec",)
 
-    def __init__(self, x_dim: int = 28, h_dim: int = 128, feat_dim: int = 64, num_layers: int = 1,
-                 binarize: str | None = "dynamic"):
+    def __init__(
+        self,
+        x_dim: int = 28,
+        h_dim: int = 128,
+        feat_dim: int = 64,
+        num_layers: int = 1,
+        binarize: str | None = "dynamic",
+    ):
         super().__init__()
-        for name, v in (("x_dim", x_dim), ("h_dim", h_dim), ("feat_dim", feat_dim), ("num_layers", num_layers)):
+        for name, v in (
+            ("x_dim", x_dim),
+            ("h_dim", h_dim),
+            ("feat_dim", feat_dim),
+            ("num_layers", num_layers),
+        ):
             check_int(name, v)
         if binarize not in (None, "dynamic"):
-            raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
+            raise ValueError(
+                f"binarize must be None or 'dynamic', got {binarize!r}"
+            )
         self.x_dim, self.h_dim, self.binarize = x_dim, h_dim, binarize
         self.phi_x = _features(x_dim, feat_dim)
-        self.rnn = nn.LSTM(feat_dim, h_dim, num_layers=num_layers, batch_first=True)
+        self.rnn = nn.LSTM(
+            feat_dim, h_dim, num_layers=num_layers, batch_first=True
+        )
         self.out = MLP(h_dim, (feat_dim,), x_dim, "relu")
 
     def _device(self):
@@ -565,7 +790,9 @@ class LSTMBaseline(nn.Module):
         after a sequence's end changes nothing before it)."""
         x = x.to(self._device())
         mask = _check_mask(mask, x)
-        lp = -F.binary_cross_entropy_with_logits(self.logits(x), x, reduction="none").sum(-1)
+        lp = -F.binary_cross_entropy_with_logits(
+            self.logits(x), x, reduction="none"
+        ).sum(-1)
         return lp if mask is None else lp * mask
 
     def log_prob(self, x: torch.Tensor, mask=None) -> torch.Tensor:
@@ -583,14 +810,24 @@ class LSTMBaseline(nn.Module):
             x = torch.bernoulli(x)
         lp = self.log_prob(x, mask)
         loss = -lp.mean()
-        return loss, {"loss": loss.item(), "elbo": -loss.item(), "rec": -loss.item()}
+        return loss, {
+            "loss": loss.item(),
+            "elbo": -loss.item(),
+            "rec": -loss.item(),
+        }
 
     def log_weights(self, x, num_samples, mask=None):
         return self.log_prob(x, mask).expand(num_samples, -1)
 
     @torch.no_grad()
-    def generate(self, num: int, T: int = 28, prime=None, feed: str = "sample",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        num: int,
+        T: int = 28,
+        prime=None,
+        feed: str = "sample",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """As :meth:`VRNN.generate`: ``(num, T, x_dim)``, the prime copied, generated rows as probabilities."""
         if feed not in ("sample", "mean"):
             raise ValueError(f"feed must be 'sample' or 'mean', got {feed!r}")
@@ -602,42 +839,91 @@ class LSTMBaseline(nn.Module):
         for t in range(T):
             hs, state = self.rnn(self.phi_x(x_prev), state)
             if t < t0:
-                x_prev = out[:, t:t + 1]
+                x_prev = out[:, t : t + 1]
                 continue
             p = torch.sigmoid(self.out(hs))
-            out[:, t:t + 1] = p
-            x_prev = torch.bernoulli(p, generator=generator) if feed == "sample" else p
+            out[:, t : t + 1] = p
+            x_prev = (
+                torch.bernoulli(p, generator=generator)
+                if feed == "sample"
+                else p
+            )
         return out
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Checkpoints: build() / train() per name (registered in vaebook.pretrained as ExternalRecipes)
-# ------------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
+# Checkpoints: build() / train() per name (registered in vaebook.pretrained
+# as ExternalRecipes)
+# -----------------------------------------------------------------------------
 
 #: model settings and training settings of the shipped checkpoints
 CONFIGS = {
-    "ch09_vrnn": dict(cls="VRNN", kwargs=dict(h_dim=128, z_dim=16, feat_dim=64), num_epochs=8),
-    "ch09_lstm": dict(cls="LSTMBaseline", kwargs=dict(h_dim=128, feat_dim=64), num_epochs=8),
-    "ch09_gmvrnn_a": dict(cls="GMVRNN", kwargs=dict(variant="gumbel", h_dim=128, z_dim=16, num_components=4,
-                                                    feat_dim=64), num_epochs=8),
-    "ch09_gmvrnn_b": dict(cls="GMVRNN", kwargs=dict(variant="gmvae", h_dim=128, z_dim=16, num_components=4,
-                                                    w_dim=8, feat_dim=64), num_epochs=4),
+    "ch09_vrnn": dict(
+        cls="VRNN", kwargs=dict(h_dim=128, z_dim=16, feat_dim=64), num_epochs=8
+    ),
+    "ch09_lstm": dict(
+        cls="LSTMBaseline", kwargs=dict(h_dim=128, feat_dim=64), num_epochs=8
+    ),
+    "ch09_gmvrnn_a": dict(
+        cls="GMVRNN",
+        kwargs=dict(
+            variant="gumbel",
+            h_dim=128,
+            z_dim=16,
+            num_components=4,
+            feat_dim=64,
+        ),
+        num_epochs=8,
+    ),
+    "ch09_gmvrnn_b": dict(
+        cls="GMVRNN",
+        kwargs=dict(
+            variant="gmvae",
+            h_dim=128,
+            z_dim=16,
+            num_components=4,
+            w_dim=8,
+            feat_dim=64,
+        ),
+        num_epochs=4,
+    ),
 }
-TRAIN_SETTINGS = dict(batch_size=128, lr=2e-3, grad_clip=10.0, seed=0, eval_k=100, eval_num_test=500,
-                      monitor_num_test=500, tau_rate=1.5e-3, tau_min=0.5, num_test=None)
+TRAIN_SETTINGS = dict(
+    batch_size=128,
+    lr=2e-3,
+    grad_clip=10.0,
+    seed=0,
+    eval_k=100,
+    eval_num_test=500,
+    monitor_num_test=500,
+    tau_rate=1.5e-3,
+    tau_min=0.5,
+    num_test=None,
+)
 
 
 def build(name: str = "ch09_vrnn"):
     """The untrained model of checkpoint ``name`` (one of :data:`CONFIGS`)."""
     if name not in CONFIGS:
-        raise ValueError(f"name must be one of {sorted(CONFIGS)}, got {name!r}")
+        raise ValueError(
+            f"name must be one of {sorted(CONFIGS)}, got {name!r}"
+        )
     c = CONFIGS[name]
     torch.manual_seed(TRAIN_SETTINGS["seed"])
-    return {"VRNN": VRNN, "LSTMBaseline": LSTMBaseline, "GMVRNN": GMVRNN}[c["cls"]](**c["kwargs"])
+    return {"VRNN": VRNN, "LSTMBaseline": LSTMBaseline, "GMVRNN": GMVRNN}[
+        c["cls"]
+    ](**c["kwargs"])
 
 
-def train(name: str = "ch09_vrnn", out=None, num_epochs: int | None = None, progress: bool = True,
-          num_train: int | None = None, root=None, **overrides):
+def train(
+    name: str = "ch09_vrnn",
+    out=None,
+    num_epochs: int | None = None,
+    progress: bool = True,
+    num_train: int | None = None,
+    root=None,
+    **overrides,
+):
     """Train checkpoint ``name`` on the sequential-MNIST training images (dynamically binarised), evaluate it on
     the statically binarised test set (ELBO on all test sequences, IWAE bound with ``eval_k`` samples on the first
     ``eval_num_test``) and save it to ``out`` with :func:`vaebook.train.save_checkpoint`. Returns ``(model, meta)``.
@@ -659,14 +945,20 @@ def train(name: str = "ch09_vrnn", out=None, num_epochs: int | None = None, prog
     x_test = x_test[: s["num_test"]] if s["num_test"] else x_test
     model = build(name)
     gen = torch.Generator().manual_seed(s["seed"])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=s["batch_size"],
-                                         shuffle=True, generator=gen)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_train),
+        batch_size=s["batch_size"],
+        shuffle=True,
+        generator=gen,
+    )
     if isinstance(model, GMVRNN) and model.variant == "gumbel":
         counter = {"step": 0}
         base_loss = model.loss
 
         def annealed_loss(batch):
-            model.tau = max(s["tau_min"], math.exp(-s["tau_rate"] * counter["step"]))
+            model.tau = max(
+                s["tau_min"], math.exp(-s["tau_rate"] * counter["step"])
+            )
             counter["step"] += 1
             return base_loss(batch)
 
@@ -676,26 +968,59 @@ def train(name: str = "ch09_vrnn", out=None, num_epochs: int | None = None, prog
     def val_fn(m, x):
         return {"elbo": m.elbo(x)["elbo"].mean().item()}
 
-    hist = fit(model, loader, epochs, lr=s["lr"], grad_clip=s["grad_clip"], val_data=monitor, val_fn=val_fn,
-               seed=s["seed"], progress=progress)
+    hist = fit(
+        model,
+        loader,
+        epochs,
+        lr=s["lr"],
+        grad_clip=s["grad_clip"],
+        val_data=monitor,
+        val_fn=val_fn,
+        seed=s["seed"],
+        progress=progress,
+    )
     if "loss" in model.__dict__:
         del model.loss
     t0 = time.perf_counter()
     torch.manual_seed(1)
     ev = evaluate(model, x_test)
-    ev_iw = evaluate(model, x_test[: s["eval_num_test"]], k=s["eval_k"], batch_size=100)
-    with torch.no_grad():  # the one-sample ELBO from the log weights (for the GM-VRNN (b): the exact ELBO)
-        lw = torch.cat([metrics_elbo(model, xb) for xb in x_test.split(500)]).double()
-    meta = {"name": name, "config": CONFIGS[name], "settings": s, "backend": getattr(model, "backend", None),
-            "num_epochs": epochs, "num_train": len(x_train),
-            "history": hist.to_dict(),
-            "eval": {"test_elbo": ev["elbo"], "test_elbo_se": ev["elbo_se"], "num_test": ev["n"],
-                     "test_elbo_logw": lw.mean().item(), "test_elbo_logw_se": (lw.std() / len(lw) ** 0.5).item(),
-                     "test_iwae": ev_iw["iwae"], "test_iwae_se": ev_iw["iwae_se"], "iwae_k": s["eval_k"],
-                     "iwae_num_test": ev_iw["n"], "eval_seconds": time.perf_counter() - t0},
-            "tau": getattr(model, "tau", None), "train_seconds": hist.seconds, "torch": torch.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "command": f"python -m vaebook.vrnn train {name}" + (f" --num-epochs {epochs}" if num_epochs else "")}
+    ev_iw = evaluate(
+        model, x_test[: s["eval_num_test"]], k=s["eval_k"], batch_size=100
+    )
+    # the one-sample ELBO from the log weights (for the GM-VRNN (b): the
+    # exact ELBO)
+    with torch.no_grad():
+        lw = torch.cat(
+            [metrics_elbo(model, xb) for xb in x_test.split(500)]
+        ).double()
+    meta = {
+        "name": name,
+        "config": CONFIGS[name],
+        "settings": s,
+        "backend": getattr(model, "backend", None),
+        "num_epochs": epochs,
+        "num_train": len(x_train),
+        "history": hist.to_dict(),
+        "eval": {
+            "test_elbo": ev["elbo"],
+            "test_elbo_se": ev["elbo_se"],
+            "num_test": ev["n"],
+            "test_elbo_logw": lw.mean().item(),
+            "test_elbo_logw_se": (lw.std() / len(lw) ** 0.5).item(),
+            "test_iwae": ev_iw["iwae"],
+            "test_iwae_se": ev_iw["iwae_se"],
+            "iwae_k": s["eval_k"],
+            "iwae_num_test": ev_iw["n"],
+            "eval_seconds": time.perf_counter() - t0,
+        },
+        "tau": getattr(model, "tau", None),
+        "train_seconds": hist.seconds,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "command": f"python -m vaebook.vrnn train {name}"
+        + (f" --num-epochs {epochs}" if num_epochs else ""),
+    }
     if out is None:
         out = Path(__file__).resolve().parent / "checkpoints" / f"{name}.pt"
     save_checkpoint(model, out, **meta)
@@ -708,10 +1033,14 @@ def _named(name):
         return build(name)
 
     def t(out=None, num_epochs=None, progress=True, **kw):
-        return train(name, out=out, num_epochs=num_epochs, progress=progress, **kw)
+        return train(
+            name, out=out, num_epochs=num_epochs, progress=progress, **kw
+        )
 
     b.__doc__ = f"The untrained model of checkpoint ``{name}``."
-    t.__doc__ = f"Train, evaluate and save checkpoint ``{name}`` (see :func:`train`)."
+    t.__doc__ = (
+        f"Train, evaluate and save checkpoint ``{name}`` (see :func:`train`)."
+    )
     return b, t
 
 
@@ -722,7 +1051,10 @@ build_gmvrnn_b, train_gmvrnn_b = _named("ch09_gmvrnn_b")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vaebook.vrnn", description="Train the Chapter 9 checkpoints.")
+    p = argparse.ArgumentParser(
+        prog="python -m vaebook.vrnn",
+        description="Train the Chapter 9 checkpoints.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("name", choices=sorted(CONFIGS))
@@ -731,8 +1063,13 @@ def main(argv=None) -> int:
     t.add_argument("--num-train", type=int, default=None)
     t.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    _, meta = train(args.name, out=args.out, num_epochs=args.num_epochs, progress=not args.no_progress,
-                    num_train=args.num_train)
+    _, meta = train(
+        args.name,
+        out=args.out,
+        num_epochs=args.num_epochs,
+        progress=not args.no_progress,
+        num_train=args.num_train,
+    )
     print(json.dumps(meta["eval"], indent=2))
     print(f"trained in {meta['train_seconds']:.1f} s")
     return 0

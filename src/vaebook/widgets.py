@@ -3,6 +3,7 @@
 The rendered book has no kernel: a chapter always shows a static figure (e.g. :func:`vaebook.plot.traversal_grid`)
 before an explorer.
 """
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,9 @@ import torch
 __all__ = ["latent_traversal"]
 
 
-def latent_traversal(decode, z0, dims=(0, 1), value_range: float = 3.0, step: float = 0.25):
+def latent_traversal(
+    decode, z0, dims=(0, 1), value_range: float = 3.0, step: float = 0.25
+):
     """Sliders for the latent coordinates ``dims`` of ``z0``; shows ``decode(z)`` as an image as they move.
 
     Args:
@@ -27,10 +30,20 @@ def latent_traversal(decode, z0, dims=(0, 1), value_range: float = 3.0, step: fl
     z0 = torch.as_tensor(z0, dtype=torch.float32).flatten()
     for d in dims:
         if not 0 <= d < z0.numel():
-            raise ValueError(f"dims must index z0 (0..{z0.numel() - 1}), got {d}")
-    sliders = {f"z{d + 1}": w.FloatSlider(value=float(z0[d].clamp(-value_range, value_range)), min=-value_range,
-                                          max=value_range, step=step, description=f"z{d + 1}",
-                                          continuous_update=False) for d in dims}
+            raise ValueError(
+                f"dims must index z0 (0..{z0.numel() - 1}), got {d}"
+            )
+    sliders = {
+        f"z{d + 1}": w.FloatSlider(
+            value=float(z0[d].clamp(-value_range, value_range)),
+            min=-value_range,
+            max=value_range,
+            step=step,
+            description=f"z{d + 1}",
+            continuous_update=False,
+        )
+        for d in dims
+    }
 
     def show(**vals):
         z = z0.clone()

@@ -51,6 +51,7 @@ Triton launch is about to happen. Triton is the optional extra ``vaebook[gpu]`` 
 that torch 2.13 pairs with). Random ops take their noise (``gumbel=``) or a ``generator``; the noise is drawn once
 in PyTorch and handed to whichever backend runs, so both backends can be compared on identical draws.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -90,26 +91,39 @@ def triton_available() -> bool:
         return True
     try:
         return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):  # pragma: no cover - a broken installation
+    except (
+        ImportError,
+        ValueError,
+    ):  # pragma: no cover - a broken installation
         return False
 
 
 def interpreter_enabled() -> bool:
     """Whether ``TRITON_INTERPRET`` is set to a true value (Triton then runs kernels on the CPU through numpy)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
 
 
 def _tensors_device(tensors) -> str:
     types = {t.device.type for t in tensors if torch.is_tensor(t)}
     if len(types) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(types)}")
+        raise ValueError(
+            f"all tensors must be on one device, got {sorted(types)}"
+        )
     return types.pop() if types else "cpu"
 
 
 def _check_backend(backend) -> str:
     """``backend`` checked against :data:`BACKENDS` (for constructors that store it; it is resolved per call)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+        raise ValueError(
+            f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, "
+            f"got {backend!r}"
+        )
     return backend
 
 
@@ -128,17 +142,25 @@ def resolve_backend(backend: str, *tensors) -> str:
         return "triton" if device == "cuda" and triton_available() else "torch"
     if not triton_available():
         raise BackendUnavailableError(
-            "backend='triton' needs the triton package: pip install 'vaebook[gpu]' (triton==3.7.1, Linux); "
-            "use backend='torch' or 'auto' for the PyTorch reference")
+            "backend='triton' needs the triton package: pip install "
+            "'vaebook[gpu]' (triton==3.7.1, Linux); "
+            "use backend='torch' or 'auto' for the PyTorch reference"
+        )
     if device == "cuda":
         return "triton"
     if not interpreter_enabled():
         raise BackendUnavailableError(
-            f"backend='triton' got {device} tensors, but Triton kernels run only on a CUDA GPU or through the "
-            f"Triton interpreter; set TRITON_INTERPRET=1 before the first 'import triton' of the process to "
-            f"run them on the CPU (slow), or use backend='torch' or 'auto'")
+            f"backend='triton' got {device} tensors, but Triton kernels run "
+            "only on a CUDA GPU or through the "
+            "Triton interpreter; set TRITON_INTERPRET=1 before the first "
+            "'import triton' of the process to "
+            f"run them on the CPU (slow), or use backend='torch' or 'auto'"
+        )
     if device != "cpu":
-        raise BackendUnavailableError(f"the Triton interpreter runs on CPU tensors only, got {device} tensors")
+        raise BackendUnavailableError(
+            f"the Triton interpreter runs on CPU tensors only, got {device} "
+            "tensors"
+        )
     return "triton"
 
 
@@ -149,11 +171,16 @@ def _kernels(name: str):
     interpreter works only if ``TRITON_INTERPRET=1`` was set before that; we check one of them.
     """
     mod = importlib.import_module(f"{__name__}._triton_{name}")
-    if interpreter_enabled() and not _is_interpreted(importlib.import_module("triton.language.standard").sum):
+    if interpreter_enabled() and not _is_interpreted(
+        importlib.import_module("triton.language.standard").sum
+    ):
         raise BackendUnavailableError(
-            "TRITON_INTERPRET=1 is set, but triton was imported before it was set, so its kernels were compiled "
-            "for a GPU; set TRITON_INTERPRET=1 before anything imports triton (e.g. at the top of conftest.py, "
-            "or in the shell), then restart the process")
+            "TRITON_INTERPRET=1 is set, but triton was imported before it was "
+            "set, so its kernels were compiled "
+            "for a GPU; set TRITON_INTERPRET=1 before anything imports triton "
+            "(e.g. at the top of conftest.py, "
+            "or in the shell), then restart the process"
+        )
     return mod
 
 
@@ -163,14 +190,22 @@ def _is_interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # SVGD direction and KSD
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 def _check_block(block, name="block"):
     if block is None:
         return None
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1 or block & (block - 1):
-        raise ValueError(f"{name} must be a power of two >= 1 (a Triton block size) or None, got {block!r}")
+    if (
+        isinstance(block, bool)
+        or not isinstance(block, int)
+        or block < 1
+        or block & (block - 1)
+    ):
+        raise ValueError(
+            f"{name} must be a power of two >= 1 (a Triton block size) or "
+            f"None, got {block!r}"
+        )
     return block
 
 
@@ -179,7 +214,9 @@ def _particles(x, score):
     return x.contiguous(), score.contiguous()
 
 
-def _svgd_direction_sets(x: torch.Tensor, score: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _svgd_direction_sets(
+    x: torch.Tensor, score: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
     """The Triton SVGD direction for ``(..., n, d)`` particle sets with bandwidths ``h`` (shape ``x.shape[:-2]``):
     the path of :func:`vaebook.svgd.svgd_direction` when the backend resolves to ``"triton"`` (no autograd)."""
     n, d = x.shape[-2:]
@@ -189,17 +226,30 @@ def _svgd_direction_sets(x: torch.Tensor, score: torch.Tensor, h: torch.Tensor) 
     return out.reshape(x.shape)
 
 
-def _ksd_sets(x: torch.Tensor, score: torch.Tensor, h: torch.Tensor, statistic: str) -> torch.Tensor:
+def _ksd_sets(
+    x: torch.Tensor, score: torch.Tensor, h: torch.Tensor, statistic: str
+) -> torch.Tensor:
     """The Triton KSD for ``(..., n, d)`` particle sets with bandwidths ``h`` (shape ``x.shape[:-2]``): the path of
     :func:`vaebook.svgd.ksd` when the backend resolves to ``"triton"`` (no autograd). Returns ``x.shape[:-2]``."""
     n, d = x.shape[-2:]
     xs = x.detach().reshape(-1, n, d).contiguous()
     ss = score.detach().to(x.dtype).reshape(-1, n, d).contiguous()
-    rows = _kernels("svgd").ksd_row_sums(xs, ss, h.detach().reshape(-1), statistic == "u", None)
-    return (rows.sum(-1) / (n * (n - 1) if statistic == "u" else n * n)).reshape(x.shape[:-2])
+    rows = _kernels("svgd").ksd_row_sums(
+        xs, ss, h.detach().reshape(-1), statistic == "u", None
+    )
+    return (
+        rows.sum(-1) / (n * (n - 1) if statistic == "u" else n * n)
+    ).reshape(x.shape[:-2])
 
 
-def svgd_direction(x, score, bandwidth=None, *, backend: str = "auto", block: int | None = None) -> torch.Tensor:
+def svgd_direction(
+    x,
+    score,
+    bandwidth=None,
+    *,
+    backend: str = "auto",
+    block: int | None = None,
+) -> torch.Tensor:
     r"""The SVGD direction :math:`\phi(x_i)=\frac1n\sum_j[k(x_j,x_i)s_j+\nabla_{x_j}k(x_j,x_i)]`, RBF kernel
     :math:`k(x,y)=\exp(-\|x-y\|^2/h)` (Chapter 6; Appendix "GPU kernels", eq. ``app-kern-phi``).
 
@@ -221,11 +271,20 @@ def svgd_direction(x, score, bandwidth=None, *, backend: str = "auto", block: in
     h = reference._bandwidth(x, bandwidth, "code")
     if resolve_backend(backend, x, score) == "torch":
         return reference._svgd_direction_dense(x, score, h)
-    return _kernels("svgd").svgd_direction(x.detach(), score.detach(), h, block)
+    return _kernels("svgd").svgd_direction(
+        x.detach(), score.detach(), h, block
+    )
 
 
-def ksd(x, score, bandwidth=None, *, statistic: str = "u", backend: str = "auto",
-        block: int | None = None) -> torch.Tensor:
+def ksd(
+    x,
+    score,
+    bandwidth=None,
+    *,
+    statistic: str = "u",
+    backend: str = "auto",
+    block: int | None = None,
+) -> torch.Tensor:
     r"""Squared kernelised Stein discrepancy with the RBF kernel :math:`\exp(-\|x-y\|^2/h)` (U- or V-statistic).
 
     The Triton kernel streams over particle tiles exactly like :func:`svgd_direction` and writes one partial sum
@@ -247,13 +306,15 @@ def ksd(x, score, bandwidth=None, *, statistic: str = "u", backend: str = "auto"
     h = reference._bandwidth(x, bandwidth, "ksd")
     if resolve_backend(backend, x, score) == "torch":
         return reference._ksd_dense(x, score, h, statistic)
-    rows = _kernels("svgd").ksd_row_sums(x.detach(), score.detach(), h, statistic == "u", block)
+    rows = _kernels("svgd").ksd_row_sums(
+        x.detach(), score.detach(), h, statistic == "u", block
+    )
     return rows.sum() / (n * (n - 1) if statistic == "u" else n * n)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # Gumbel-Softmax / Concrete with straight-through
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 class _GumbelSoftmaxTriton(torch.autograd.Function):
     """Forward and backward are Triton kernels; the soft sample is recomputed in the backward, never saved."""
 
@@ -262,22 +323,37 @@ class _GumbelSoftmaxTriton(torch.autograd.Function):
         mod = _kernels("gumbel")
         ctx.save_for_backward(logits2d, gumbel2d, tau_rows)
         ctx.block_k = block_k
-        return mod.gumbel_softmax_fwd(logits2d, gumbel2d, tau_rows, hard, block_k)
+        return mod.gumbel_softmax_fwd(
+            logits2d, gumbel2d, tau_rows, hard, block_k
+        )
 
     @staticmethod
     def backward(ctx, grad_out):
         logits2d, gumbel2d, tau_rows = ctx.saved_tensors
         mod = _kernels("gumbel")
-        grad_logits, grad_tau_rows = mod.gumbel_softmax_bwd(logits2d, gumbel2d, tau_rows, grad_out.contiguous(),
-                                                            ctx.block_k)
+        grad_logits, grad_tau_rows = mod.gumbel_softmax_bwd(
+            logits2d, gumbel2d, tau_rows, grad_out.contiguous(), ctx.block_k
+        )
         grad_tau = None
         if ctx.needs_input_grad[2]:
-            grad_tau = grad_tau_rows.sum().reshape(1) if tau_rows.numel() == 1 else grad_tau_rows
+            grad_tau = (
+                grad_tau_rows.sum().reshape(1)
+                if tau_rows.numel() == 1
+                else grad_tau_rows
+            )
         return grad_logits, None, grad_tau, None, None
 
 
-def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None, generator: torch.Generator | None = None, *,
-                   backend: str = "auto", block_k: int | None = None) -> torch.Tensor:
+def gumbel_softmax(
+    logits,
+    tau,
+    hard: bool = False,
+    gumbel=None,
+    generator: torch.Generator | None = None,
+    *,
+    backend: str = "auto",
+    block_k: int | None = None,
+) -> torch.Tensor:
     r"""Gumbel-Softmax / Concrete sample :math:`y=\mathrm{softmax}((\ell+g)/\tau)`, optionally straight-through.
 
     Same arguments, shapes and meaning as :func:`vaebook.relaxed.gumbel_softmax` (Chapter 3), which is the
@@ -299,12 +375,21 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None, generator: torc
     from .. import relaxed
 
     if resolve_backend(backend, logits, tau, gumbel) == "torch":
-        return relaxed.gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator, backend="torch")
+        return relaxed.gumbel_softmax(
+            logits,
+            tau,
+            hard=hard,
+            gumbel=gumbel,
+            generator=generator,
+            backend="torch",
+        )
     _check_block(block_k, "block_k")
     logits = relaxed._as_logits(logits, allow_neg_inf=True)
     tau_t = relaxed._as_tau(tau, logits)
     g = relaxed._noise(logits, relaxed._event(tau_t), gumbel, generator)
-    shape = torch.broadcast_shapes(logits.shape, g.shape, relaxed._event(tau_t).shape)
+    shape = torch.broadcast_shapes(
+        logits.shape, g.shape, relaxed._event(tau_t).shape
+    )
     batch, K = shape[:-1], shape[-1]
     logits2d = logits.expand(shape).reshape(-1, K).contiguous()
     g2d = g.to(logits.dtype).expand(shape).reshape(-1, K).contiguous()
@@ -312,32 +397,57 @@ def gumbel_softmax(logits, tau, hard: bool = False, gumbel=None, generator: torc
         tau_rows = tau_t.reshape(1)
     else:
         tau_rows = tau_t.expand(batch).reshape(-1).contiguous()
-    y = _GumbelSoftmaxTriton.apply(logits2d, g2d, tau_rows, bool(hard), block_k)
+    y = _GumbelSoftmaxTriton.apply(
+        logits2d, g2d, tau_rows, bool(hard), block_k
+    )
     return y.reshape(shape)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # The matched bound between diagonal Gaussian mixtures
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 def _matched_shapes(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar):
-    ts = [torch.as_tensor(t) for t in (q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar)]
-    names = ("q_logits", "q_mean", "q_logvar", "p_logits", "p_mean", "p_logvar")
+    ts = [
+        torch.as_tensor(t)
+        for t in (q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar)
+    ]
+    names = (
+        "q_logits",
+        "q_mean",
+        "q_logvar",
+        "p_logits",
+        "p_mean",
+        "p_logvar",
+    )
     for i, (t, name) in enumerate(zip(ts, names)):
         need = 1 if i in (0, 3) else 2
         if t.dim() < need:
-            raise ValueError(f"{name} must have shape {'(..., K)' if need == 1 else '(..., K, D)'}, "
-                             f"got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape "
+                f"{'(..., K)' if need == 1 else '(..., K, D)'}, "
+                f"got {tuple(t.shape)}"
+            )
     K, D = ts[1].shape[-2], ts[1].shape[-1]
     for i, (t, name) in enumerate(zip(ts, names)):
         tail = (K,) if i in (0, 3) else (K, D)
-        if tuple(t.shape[-len(tail):]) != tail:
-            raise ValueError(f"{name} must end in {tail} (K={K} components, D={D} dimensions, from q_mean), "
-                             f"got shape {tuple(t.shape)}")
+        if tuple(t.shape[-len(tail) :]) != tail:
+            raise ValueError(
+                f"{name} must end in {tail} (K={K} components, D={D} "
+                "dimensions, from q_mean), "
+                f"got shape {tuple(t.shape)}"
+            )
     try:
-        batch = torch.broadcast_shapes(*[t.shape[:-1] if i in (0, 3) else t.shape[:-2] for i, t in enumerate(ts)])
+        batch = torch.broadcast_shapes(
+            *[
+                t.shape[:-1] if i in (0, 3) else t.shape[:-2]
+                for i, t in enumerate(ts)
+            ]
+        )
     except RuntimeError:
-        raise ValueError("the batch shapes of the six inputs do not broadcast: "
-                         + ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, ts))) from None
+        raise ValueError(
+            "the batch shapes of the six inputs do not broadcast: "
+            + ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, ts))
+        ) from None
     return ts, batch, K, D
 
 
@@ -354,7 +464,10 @@ class _MatchedKLTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, batch, K, D, block_b, *tensors):
         mod = _kernels("matched")
-        rows = [_rows(t, batch, (K,) if i in (0, 3) else (K, D)) for i, t in enumerate(tensors)]
+        rows = [
+            _rows(t, batch, (K,) if i in (0, 3) else (K, D))
+            for i, t in enumerate(tensors)
+        ]
         ctx.save_for_backward(*rows)
         ctx.meta = (batch, K, D, block_b, [t.shape for t in tensors])
         return mod.matched_kl_fwd(rows, block_b).reshape(batch)
@@ -363,19 +476,32 @@ class _MatchedKLTriton(torch.autograd.Function):
     def backward(ctx, grad_out):
         batch, K, D, block_b, shapes = ctx.meta
         mod = _kernels("matched")
-        grads = mod.matched_kl_bwd(list(ctx.saved_tensors), grad_out.reshape(-1), block_b)
+        grads = mod.matched_kl_bwd(
+            list(ctx.saved_tensors), grad_out.reshape(-1), block_b
+        )
         out = []
         for i, (g, shape) in enumerate(zip(grads, shapes)):
             if not ctx.needs_input_grad[4 + i]:
                 out.append(None)
                 continue
             tail = (K,) if i in (0, 3) else (K, D)
-            out.append(g.reshape(*batch, *tail).sum_to_size(shape))  # a shared prior sums over the batch
+            out.append(
+                g.reshape(*batch, *tail).sum_to_size(shape)
+            )  # a shared prior sums over the batch
         return (None, None, None, None, *out)
 
 
-def matched_kl(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar, *, backend: str = "auto",
-               block_b: int | None = None) -> torch.Tensor:
+def matched_kl(
+    q_logits,
+    q_mean,
+    q_logvar,
+    p_logits,
+    p_mean,
+    p_logvar,
+    *,
+    backend: str = "auto",
+    block_b: int | None = None,
+) -> torch.Tensor:
     r"""The matched bound (identity matching) between diagonal Gaussian mixtures, batched and differentiable.
 
     .. math:: D_{\mathrm{match}}(q\,\|\,p)=\sum_k\pi^q_k\Big[\mathrm{KL}\big(\mathcal N(\mu^q_k,\sigma^{q2}_k)
@@ -393,7 +519,9 @@ def matched_kl(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar, *, backen
     Returns:
         the broadcast batch shape ``(...)``.
     """
-    ts, batch, K, D = _matched_shapes(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar)
+    ts, batch, K, D = _matched_shapes(
+        q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar
+    )
     if resolve_backend(backend, *ts) == "torch":
         return reference.matched_kl_reference(*ts)
     _check_block(block_b, "block_b")
@@ -406,9 +534,9 @@ def matched_kl(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar, *, backen
     return _MatchedKLTriton.apply(tuple(batch), K, D, block_b, *ts)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 # teaching helpers (no triton needed)
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
 def count_ops(fn, *args, **kwargs) -> dict:
     """Run ``fn(*args, **kwargs)`` and count the PyTorch operators it launches and the bytes of their outputs.
 
@@ -427,15 +555,43 @@ def count_ops(fn, *args, **kwargs) -> dict:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             _Counter.ops += 1
-            if not func._schema.is_mutable and "view" not in func.__name__ and func.__name__.split(".")[0] not in (
-                    "expand", "reshape", "unsqueeze", "squeeze", "transpose", "t", "permute", "select", "slice",
-                    "detach", "alias", "as_strided", "unbind", "split", "split_with_sizes", "diagonal"):
-                _Counter.nbytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if torch.is_tensor(t))
+            if (
+                not func._schema.is_mutable
+                and "view" not in func.__name__
+                and func.__name__.split(".")[0]
+                not in (
+                    "expand",
+                    "reshape",
+                    "unsqueeze",
+                    "squeeze",
+                    "transpose",
+                    "t",
+                    "permute",
+                    "select",
+                    "slice",
+                    "detach",
+                    "alias",
+                    "as_strided",
+                    "unbind",
+                    "split",
+                    "split_with_sizes",
+                    "diagonal",
+                )
+            ):
+                _Counter.nbytes += sum(
+                    t.numel() * t.element_size()
+                    for t in tree_leaves(out)
+                    if torch.is_tensor(t)
+                )
             return out
 
     with _Counter():
         result = fn(*args, **kwargs)
-    return {"result": result, "ops": _Counter.ops, "bytes_written": _Counter.nbytes}
+    return {
+        "result": result,
+        "ops": _Counter.ops,
+        "bytes_written": _Counter.nbytes,
+    }
 
 
 def kernel_source(name: str) -> str:
@@ -449,8 +605,20 @@ def kernel_source(name: str) -> str:
         for node in ast.parse(text).body:
             if isinstance(node, ast.FunctionDef) and node.name == name:
                 lines = text.splitlines()
-                start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
-                return "\n".join(lines[start:node.end_lineno])
-    names = sorted(node.name for path in pathlib.Path(__file__).parent.glob("_triton_*.py")
-                   for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef))
-    raise ValueError(f"no function {name!r} in vaebook/kernels/_triton_*.py: name must be one of {names}")
+                start = (
+                    min(
+                        [d.lineno for d in node.decorator_list] + [node.lineno]
+                    )
+                    - 1
+                )
+                return "\n".join(lines[start : node.end_lineno])
+    names = sorted(
+        node.name
+        for path in pathlib.Path(__file__).parent.glob("_triton_*.py")
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+    )
+    raise ValueError(
+        f"no function {name!r} in vaebook/kernels/_triton_*.py: name must be "
+        f"one of {names}"
+    )

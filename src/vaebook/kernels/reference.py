@@ -15,13 +15,19 @@ Stein-kernel matrix (:func:`vaebook.svgd.stein_kernel_matrix`), and the Stein ch
 particles :math:`x_1..x_n\in\mathbb R^d` stacked in ``x`` ``(n, d)``, scores :math:`s_j=\nabla\log p(x_j)` in
 ``score`` ``(n, d)``, the RBF kernel :math:`k(x,y)=\exp(-\|x-y\|^2/h)` with bandwidth :math:`h>0`.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+)
 
 __all__ = [
     "rbf_gram",
@@ -36,9 +42,15 @@ def _check_particles(x, score) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.as_tensor(x)
     score = torch.as_tensor(score)
     if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"x must have shape (n, d) with n >= 1 and d >= 1, got {tuple(x.shape)}")
+        raise ValueError(
+            "x must have shape (n, d) with n >= 1 and d >= 1, got "
+            f"{tuple(x.shape)}"
+        )
     if score.shape != x.shape:
-        raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(score.shape)}")
+        raise ValueError(
+            f"score must have the shape of x {tuple(x.shape)}, got "
+            f"{tuple(score.shape)}"
+        )
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     for name, t in (("x", x), ("score", score)):
@@ -53,22 +65,38 @@ def _bandwidth(x: torch.Tensor, bandwidth, rule: str = "code") -> float:
         from ..svgd import median_bandwidth
 
         return float(median_bandwidth(x.detach(), rule=rule))
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not (0 < bandwidth < math.inf):
-        raise ValueError(f"bandwidth must be a number > 0 (h in exp(-|x-y|^2/h)) or None, got {bandwidth!r}")
+    if (
+        isinstance(bandwidth, bool)
+        or not isinstance(bandwidth, numbers.Real)
+        or not (0 < bandwidth < math.inf)
+    ):
+        raise ValueError(
+            "bandwidth must be a number > 0 (h in exp(-|x-y|^2/h)) or None, "
+            f"got {bandwidth!r}"
+        )
     if x.is_floating_point():
         from ..svgd import _check_bandwidth_value
 
-        _check_bandwidth_value(float(bandwidth), bandwidth, x.dtype)  # e.g. 1e-50 underflows in float32
+        _check_bandwidth_value(
+            float(bandwidth), bandwidth, x.dtype
+        )  # e.g. 1e-50 underflows in float32
     return float(bandwidth)
 
 
-def rbf_gram(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
+def rbf_gram(
+    x: torch.Tensor, y: torch.Tensor, bandwidth: float
+) -> torch.Tensor:
     r"""The dense kernel matrix :math:`K_{ij}=\exp(-\|x_i-y_j\|^2/h)`, ``(n, m)``: what the Triton kernels never form."""
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have shapes (n, d) and (m, d) with the same d, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            "x and y must have shapes (n, d) and (m, d) with the same d, got "
+            f"{tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
     _bandwidth(x, bandwidth)
-    d2 = (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)  # exact zeros on the diagonal (cdist is not)
+    d2 = (
+        (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)
+    )  # exact zeros on the diagonal (cdist is not)
     return torch.exp(-d2 / bandwidth)
 
 
@@ -90,21 +118,31 @@ def svgd_direction_reference(x, score, bandwidth=None) -> torch.Tensor:
     return _svgd_direction_dense(x, score, _bandwidth(x, bandwidth))
 
 
-def _svgd_direction_dense(x: torch.Tensor, score: torch.Tensor, h: float) -> torch.Tensor:
+def _svgd_direction_dense(
+    x: torch.Tensor, score: torch.Tensor, h: float
+) -> torch.Tensor:
     """:func:`svgd_direction_reference` on checked particles and a bandwidth ``h`` (a float) already resolved."""
     n = x.shape[0]
     if h >= 16.0 * torch.finfo(x.dtype).tiny:
         k = rbf_gram(x, x, h)
-        return (k @ score + (2.0 / h) * (x * k.sum(1, keepdim=True) - k @ x)) / n
-    # 2/h overflows (tightly clustered float32 particles): the same formula in units of sqrt(h),
-    # k = exp(-|xs_i - xs_j|^2) and (2/h)(diag(K1) x - Kx) = (2/sqrt(h))(diag(K1) xs - K xs), xs = x / sqrt(h)
+        return (
+            k @ score + (2.0 / h) * (x * k.sum(1, keepdim=True) - k @ x)
+        ) / n
+    # 2/h overflows (tightly clustered float32 particles): the same
+    # formula in units of sqrt(h),
+    # k = exp(-|xs_i - xs_j|^2) and (2/h)(diag(K1) x - Kx) =
+    # (2/sqrt(h))(diag(K1) xs - K xs), xs = x / sqrt(h)
     rh = torch.tensor(math.sqrt(h), dtype=x.dtype, device=x.device)
     xs = x / rh
     k = rbf_gram(xs, xs, 1.0)
-    return (k @ score + (2.0 / rh) * (xs * k.sum(1, keepdim=True) - k @ xs)) / n
+    return (
+        k @ score + (2.0 / rh) * (xs * k.sum(1, keepdim=True) - k @ xs)
+    ) / n
 
 
-def ksd_reference(x, score, bandwidth=None, statistic: str = "u") -> torch.Tensor:
+def ksd_reference(
+    x, score, bandwidth=None, statistic: str = "u"
+) -> torch.Tensor:
     r"""Squared kernelised Stein discrepancy, dense, RBF kernel :math:`k=\exp(-\|x-y\|^2/h)` (Stein chapter):
     the mean of the Stein kernel matrix :func:`vaebook.svgd.stein_kernel_matrix`,
 
@@ -124,9 +162,15 @@ def ksd_reference(x, score, bandwidth=None, statistic: str = "u") -> torch.Tenso
     return _ksd_dense(x, score, _bandwidth(x, bandwidth, "ksd"), statistic)
 
 
-def _ksd_dense(x: torch.Tensor, score: torch.Tensor, h: float, statistic: str) -> torch.Tensor:
+def _ksd_dense(
+    x: torch.Tensor, score: torch.Tensor, h: float, statistic: str
+) -> torch.Tensor:
     """:func:`ksd_reference` on checked particles and a bandwidth ``h`` (a float) already resolved."""
-    from ..svgd import _stein_kernel_scaled, _tiny_bandwidth, stein_kernel_matrix
+    from ..svgd import (
+        _stein_kernel_scaled,
+        _tiny_bandwidth,
+        stein_kernel_matrix,
+    )
 
     n = x.shape[0]
     h = torch.tensor(h, dtype=x.dtype, device=x.device)
@@ -135,7 +179,8 @@ def _ksd_dense(x: torch.Tensor, score: torch.Tensor, h: float, statistic: str) -
         if statistic == "u":
             return (u.sum() - torch.diagonal(u).sum()) / (n * (n - 1))
         return u.sum() / n**2
-    # 1/h^2 overflows (tightly clustered float32 particles): h * u in units of sqrt(h), divided by h at the end
+    # 1/h^2 overflows (tightly clustered float32 particles): h * u in
+    # units of sqrt(h), divided by h at the end
     hu = _stein_kernel_scaled(x, score, h)
     if statistic == "u":
         return (hu.sum() - torch.diagonal(hu).sum()) / (n * (n - 1)) / h
@@ -149,14 +194,25 @@ def _check_statistic(statistic, n: int) -> None:
         raise ValueError("the U-statistic needs n >= 2 particles")
 
 
-def gumbel_softmax_reference(logits, tau, hard: bool = False, gumbel=None, generator=None) -> torch.Tensor:
+def gumbel_softmax_reference(
+    logits, tau, hard: bool = False, gumbel=None, generator=None
+) -> torch.Tensor:
     r"""The reference Gumbel-Softmax / Concrete sample: :func:`vaebook.relaxed.gumbel_softmax` itself."""
     from ..relaxed import gumbel_softmax
 
-    return gumbel_softmax(logits, tau, hard=hard, gumbel=gumbel, generator=generator, backend="torch")
+    return gumbel_softmax(
+        logits,
+        tau,
+        hard=hard,
+        gumbel=gumbel,
+        generator=generator,
+        backend="torch",
+    )
 
 
-def matched_kl_reference(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar) -> torch.Tensor:
+def matched_kl_reference(
+    q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar
+) -> torch.Tensor:
     r"""The matched bound (identity matching) between diagonal Gaussian mixtures, via
     ``vaebook.mixtures.kl_gmm(q, p, method="matched")`` (Chapter 2):
 
@@ -173,7 +229,14 @@ def matched_kl_reference(q_logits, q_mean, q_logvar, p_logits, p_mean, p_logvar)
     from ..mixtures import kl_gmm
 
     def mix(logits, mean, logvar):
-        return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(mean, torch.exp(0.5 * logvar)), 1))
+        return MixtureSameFamily(
+            Categorical(logits=logits),
+            Independent(Normal(mean, torch.exp(0.5 * logvar)), 1),
+        )
 
-    return kl_gmm(mix(q_logits, q_mean, q_logvar), mix(p_logits, p_mean, p_logvar), method="matched",
-                  backend="torch")
+    return kl_gmm(
+        mix(q_logits, q_mean, q_logvar),
+        mix(p_logits, p_mean, p_logvar),
+        method="matched",
+        backend="torch",
+    )

@@ -50,6 +50,7 @@ Grading with ``grade`` executes the notebook top to bottom in a fresh kernel wit
 failing cell, takes the graded checks from the reference chapter when one is given (so that an edited check cannot
 pass), and reports a score per exercise and in total (text, and JSON with ``--json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,14 +65,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Exercise", "find_exercises", "student_edition", "write_student_editions", "grade", "score_executed",
-           "book_chapters", "nbgrader_notebook", "otter_notebook", "write_nbgrader_course",
-           "write_otter_assignments", "main"]
+__all__ = [
+    "Exercise",
+    "find_exercises",
+    "student_edition",
+    "write_student_editions",
+    "grade",
+    "score_executed",
+    "book_chapters",
+    "nbgrader_notebook",
+    "otter_notebook",
+    "write_nbgrader_course",
+    "write_otter_assignments",
+    "main",
+]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-_EX_START = re.compile(r"```\{exercise-start\}[^\n]*\n(?::[^\n]*\n)*?:label:\s*(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
+_EX_START = re.compile(
+    r"```\{exercise-start\}[^\n]*\n(?::[^\n]*\n)*?:label:\s*(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?"
+)
 _EX_END = re.compile(r"```\{exercise-end\}[^\n]*\n```[ \t]*\n?")
-_SOL_START = re.compile(r"```\{solution-start\}\s+(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?")
+_SOL_START = re.compile(
+    r"```\{solution-start\}\s+(\S+)[^\n]*\n(?::[^\n]*\n)*```[ \t]*\n?"
+)
 _SOL_END = re.compile(r"```\{solution-end\}[^\n]*\n```[ \t]*\n?")
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -115,17 +131,29 @@ def find_exercises(nb) -> list[Exercise]:
             text = _src(cell)
             for m in _EX_START.finditer(text):
                 exercises.setdefault(m.group(1), Exercise(m.group(1)))
-            # walk the solution fences in order: a cell may close one solution and open the next
-            events = sorted([(m.start(), "start", m.group(1)) for m in _SOL_START.finditer(text)]
-                            + [(m.start(), "end", None) for m in _SOL_END.finditer(text)])
+            # walk the solution fences in order: a cell may close
+            # one solution and open the next
+            events = sorted(
+                [
+                    (m.start(), "start", m.group(1))
+                    for m in _SOL_START.finditer(text)
+                ]
+                + [(m.start(), "end", None) for m in _SOL_END.finditer(text)]
+            )
             for _, kind, label in events:
                 if kind == "start":
                     current = exercises.setdefault(label, Exercise(label))
                 else:
                     current = None
-        elif cell["cell_type"] == "code" and cell.get("metadata", {}).get("exercise"):
-            # a student edition: the fences are gone, the cells carry their exercise's label
-            ex = exercises.setdefault(cell["metadata"]["exercise"], Exercise(cell["metadata"]["exercise"]))
+        elif cell["cell_type"] == "code" and cell.get("metadata", {}).get(
+            "exercise"
+        ):
+            # a student edition: the fences are gone, the cells
+            # carry their exercise's label
+            ex = exercises.setdefault(
+                cell["metadata"]["exercise"],
+                Exercise(cell["metadata"]["exercise"]),
+            )
             if "graded" in _tags(cell):
                 ex.graded_cells.append(i)
                 ex.points.append(float(cell["metadata"].get("points", 1)))
@@ -134,7 +162,9 @@ def find_exercises(nb) -> list[Exercise]:
         elif cell["cell_type"] == "code" and current is not None:
             if "graded" in _tags(cell):
                 current.graded_cells.append(i)
-                current.points.append(float(cell.get("metadata", {}).get("points", 1)))
+                current.points.append(
+                    float(cell.get("metadata", {}).get("points", 1))
+                )
             else:
                 current.solution_cells.append(i)
     return list(exercises.values())
@@ -150,7 +180,9 @@ def _stub(code: str, label: str) -> str:
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
             out.append(f"{indent}# YOUR CODE HERE")
-            out.append(f'{indent}raise NotImplementedError("exercise {label}")')
+            out.append(
+                f'{indent}raise NotImplementedError("exercise {label}")'
+            )
             continue
         if stripped == END:
             inside = False
@@ -176,7 +208,7 @@ def _strip_markdown(text: str, in_solution: bool) -> tuple[str, bool]:
         if m is None:
             out.append(text[pos:])
             break
-        out.append(text[pos:m.start()])
+        out.append(text[pos : m.start()])
         pos, in_solution = m.end(), True
     body = "".join(out)
     body = _EX_START.sub(lambda m: f"**Exercise `{m.group(1)}`.** ", body)
@@ -200,9 +232,14 @@ def student_edition(nb, source_name: str = "") -> dict:
                 if BEGIN in code:
                     cell["source"] = _stub(code, stub_cells[i])
                 else:
-                    cell["source"] = (f"# Exercise {stub_cells[i]}: write your code here.\n"
-                                      f'raise NotImplementedError("exercise {stub_cells[i]}")\n')
-                cell.setdefault("metadata", {})["tags"] = [t for t in _tags(cell) if t != "solution"] + ["answer"]
+                    cell["source"] = (
+                        f"# Exercise {stub_cells[i]}: write your code here.\n"
+                        'raise NotImplementedError("exercise '
+                        f'{stub_cells[i]}")\n'
+                    )
+                cell.setdefault("metadata", {})["tags"] = [
+                    t for t in _tags(cell) if t != "solution"
+                ] + ["answer"]
                 cell["metadata"]["exercise"] = stub_cells[i]
             elif i in graded:
                 cell["source"] = _src(cell)
@@ -216,17 +253,25 @@ def student_edition(nb, source_name: str = "") -> dict:
                 cells.append(cell)
             continue
         cells.append(cell)
-    header = {"cell_type": "markdown", "metadata": {}, "source":
-              f"*Student edition of `{source_name or 'this chapter'}`, generated by `python -m vaebook.assignments "
-              "student`: the solutions are removed. Replace each `raise NotImplementedError` with your code; the cells "
-              "marked \"Graded check\" are run by the grader and must not be edited.*"}
+    header = {
+        "cell_type": "markdown",
+        "metadata": {},
+        "source": f"*Student edition of `{source_name or 'this chapter'}`, generated by `python -m vaebook.assignments "
+        "student`: the solutions are removed. Replace each `raise "
+        "NotImplementedError` with your code; the cells "
+        'marked "Graded check" are run by the grader and must not be edited.*',
+    }
     nb["cells"] = [header] + cells
     for c in nb["cells"]:
         c.pop("id", None)
     nb["nbformat"], nb["nbformat_minor"] = 4, 4
     nb.setdefault("metadata", {})["vaebook_assignment"] = {
         "source": source_name,
-        "exercises": [{"label": ex.label, "max_points": ex.max_points} for ex in exercises]}
+        "exercises": [
+            {"label": ex.label, "max_points": ex.max_points}
+            for ex in exercises
+        ],
+    }
     return nb
 
 
@@ -252,7 +297,9 @@ def write_student_editions(out, chapters=None) -> list[Path]:
 def _cpu_seconds(pid: int) -> float | None:
     """CPU time (user + system, seconds) of a process, from /proc; None where that is not available."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = (
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        )
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
@@ -286,36 +333,67 @@ class _StallWatch(threading.Thread):
             cpu = _cpu_seconds(self.pid)
             now = time.monotonic()
             if cpu is None:
-                return  # no /proc (not Linux) or the kernel is gone: nothing to watch
-            if not self.busy.is_set() or last_cpu is None or cpu - last_cpu > 0.02:
+                # no /proc (not Linux) or the kernel is gone:
+                # nothing to watch
+                return
+            if (
+                not self.busy.is_set()
+                or last_cpu is None
+                or cpu - last_cpu > 0.02
+            ):
                 last_cpu, last_change = cpu, now
                 continue
             if now - last_change > self.stall_timeout:
                 self.stalled = True
                 try:
-                    os.kill(self.pid, signal.SIGKILL)  # nbclient notices the dead kernel within a second
+                    os.kill(
+                        self.pid, signal.SIGKILL
+                    )  # nbclient notices the dead kernel within a second
                 except OSError:
                     pass
                 return
 
 
-def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: str, cwd, stall_timeout: float):
+def _execute(
+    nb,
+    path: Path,
+    timeout: float,
+    cell_timeout: float,
+    kernel_name: str,
+    cwd,
+    stall_timeout: float,
+):
     """Run every code cell of ``nb`` in a fresh kernel. Returns ({cell index: (passed, error)}, seconds, stalled)."""
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbclient.exceptions import (
+        CellExecutionError,
+        CellTimeoutError,
+        DeadKernelError,
+    )
 
-    from vaebook.tooling.nbexec import HardenedNotebookClient as NotebookClient  # no lost wake-ups
+    from vaebook.tooling.nbexec import (
+        HardenedNotebookClient as NotebookClient,
+    )  # no lost wake-ups
 
     for c in nb.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
-    client = NotebookClient(nb, timeout=int(cell_timeout), kernel_name=kernel_name, allow_errors=False,
-                            interrupt_on_timeout=True,
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=int(cell_timeout),
+        kernel_name=kernel_name,
+        allow_errors=False,
+        interrupt_on_timeout=True,
+        resources={"metadata": {"path": str(cwd or path.parent)}},
+    )
     status: dict[int, tuple[bool, str]] = {}
     watch = None
     start = time.perf_counter()
     with client.setup_kernel():
-        pid = getattr(getattr(getattr(client.km, "provisioner", None), "process", None), "pid", None)
+        pid = getattr(
+            getattr(getattr(client.km, "provisioner", None), "process", None),
+            "pid",
+            None,
+        )
         if stall_timeout and stall_timeout > 0 and pid is not None:
             watch = _StallWatch(pid, stall_timeout)
             watch.start()
@@ -324,7 +402,11 @@ def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: s
                 if cell.cell_type != "code":
                     continue
                 if time.perf_counter() - start > timeout:
-                    status[i] = (False, f"not run: the notebook exceeded its time limit of {timeout:.0f} s")
+                    status[i] = (
+                        False,
+                        "not run: the notebook exceeded its time limit of "
+                        f"{timeout:.0f} s",
+                    )
                     continue
                 if watch is not None:
                     watch.busy.set()
@@ -332,9 +414,16 @@ def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: s
                     client.execute_cell(cell, i)
                     status[i] = (True, "")
                 except CellTimeoutError:
-                    status[i] = (False, f"cell timed out after {cell_timeout:.0f} s")
+                    status[i] = (
+                        False,
+                        f"cell timed out after {cell_timeout:.0f} s",
+                    )
                 except CellExecutionError as e:
-                    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+                    msg = (
+                        re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+                        .strip()
+                        .splitlines()
+                    )
                     status[i] = (False, msg[-1] if msg else "error")
                 except DeadKernelError:
                     status[i] = (False, "the kernel died")
@@ -348,8 +437,16 @@ def _execute(nb, path: Path, timeout: float, cell_timeout: float, kernel_name: s
     return status, time.perf_counter() - start, bool(watch and watch.stalled)
 
 
-def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 600.0, kernel_name: str = "python3",
-          cwd=None, stall_timeout: float = 120.0, retries: int = 1) -> dict:
+def grade(
+    path,
+    reference=None,
+    timeout: float = 1200.0,
+    cell_timeout: float = 600.0,
+    kernel_name: str = "python3",
+    cwd=None,
+    stall_timeout: float = 120.0,
+    retries: int = 1,
+) -> dict:
     """Execute a (student) notebook and score its graded checks.
 
     Args:
@@ -368,9 +465,15 @@ def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 6
     import nbformat
 
     if timeout <= 0 or cell_timeout <= 0:
-        raise ValueError(f"timeout and cell_timeout must be > 0 seconds, got {timeout} and {cell_timeout}")
+        raise ValueError(
+            f"timeout and cell_timeout must be > 0 seconds, got {timeout} and "
+            f"{cell_timeout}"
+        )
     if stall_timeout < 0 or retries < 0:
-        raise ValueError(f"stall_timeout must be >= 0 s and retries >= 0, got {stall_timeout} and {retries}")
+        raise ValueError(
+            "stall_timeout must be >= 0 s and retries >= 0, got "
+            f"{stall_timeout} and {retries}"
+        )
     path = Path(path)
     nb_dict = _load(path)
     exercises = find_exercises(nb_dict)
@@ -381,41 +484,76 @@ def grade(path, reference=None, timeout: float = 1200.0, cell_timeout: float = 6
             if ex.label in ref_ex:
                 for k, i in enumerate(ex.graded_cells):
                     if k < len(ref_ex[ex.label].graded_cells):
-                        nb_dict["cells"][i]["source"] = _src(ref_nb["cells"][ref_ex[ex.label].graded_cells[k]])
+                        nb_dict["cells"][i]["source"] = _src(
+                            ref_nb["cells"][ref_ex[ex.label].graded_cells[k]]
+                        )
     seconds, attempts = 0.0, 0
     while True:
         attempts += 1
         nb = nbformat.reads(json.dumps(nb_dict), as_version=4)
-        status, took, stalled = _execute(nb, path, timeout, cell_timeout, kernel_name, cwd, stall_timeout)
+        status, took, stalled = _execute(
+            nb, path, timeout, cell_timeout, kernel_name, cwd, stall_timeout
+        )
         seconds += took
         if not stalled or attempts > retries:
             break
-        print(f"{path.name}: the kernel stalled (no CPU for {stall_timeout:.0f} s during a cell); grading again "
-              "in a fresh kernel", file=sys.stderr)
+        print(
+            f"{path.name}: the kernel stalled (no CPU for {stall_timeout:.0f} "
+            "s during a cell); grading again "
+            "in a fresh kernel",
+            file=sys.stderr,
+        )
     missing = "not run"
     if stalled:
         why = f"the kernel stalled (no CPU for {stall_timeout:.0f} s during a cell) in every attempt"
-        status = {i: (ok, why if err == "the kernel died" else err) for i, (ok, err) in status.items()}
+        status = {
+            i: (ok, why if err == "the kernel died" else err)
+            for i, (ok, err) in status.items()
+        }
         missing = f"not run: {why}"
     elif any(err == "the kernel died" for _, err in status.values()):
         missing = "not run: the kernel died"
     return _score(str(path), exercises, status, seconds, attempts, missing)
 
 
-def _score(name: str, exercises, status: dict, seconds: float, attempts: int, missing: str = "not run") -> dict:
+def _score(
+    name: str,
+    exercises,
+    status: dict,
+    seconds: float,
+    attempts: int,
+    missing: str = "not run",
+) -> dict:
     """The result dict of :func:`grade` from each code cell's ``(passed, error)`` (cells absent: ``missing``)."""
     graded_idx = {i for ex in exercises for i in ex.graded_cells}
-    other_errors = sum(1 for i, (ok, _) in status.items() if not ok and i not in graded_idx)
-    result = {"notebook": name, "exercises": [], "total": 0.0, "max_total": 0.0,
-              "seconds": round(seconds, 1), "errors_outside_checks": other_errors, "attempts": attempts}
+    other_errors = sum(
+        1 for i, (ok, _) in status.items() if not ok and i not in graded_idx
+    )
+    result = {
+        "notebook": name,
+        "exercises": [],
+        "total": 0.0,
+        "max_total": 0.0,
+        "seconds": round(seconds, 1),
+        "errors_outside_checks": other_errors,
+        "attempts": attempts,
+    }
     for ex in exercises:
         checks = []
         for i, pts in zip(ex.graded_cells, ex.points):
             ok, err = status.get(i, (False, missing))
-            checks.append({"cell": i, "points": pts, "passed": ok, "error": err})
+            checks.append(
+                {"cell": i, "points": pts, "passed": ok, "error": err}
+            )
         points = float(sum(c["points"] for c in checks if c["passed"]))
-        result["exercises"].append({"label": ex.label, "points": points, "max_points": ex.max_points,
-                                    "checks": checks})
+        result["exercises"].append(
+            {
+                "label": ex.label,
+                "points": points,
+                "max_points": ex.max_points,
+                "checks": checks,
+            }
+        )
         result["total"] += points
         result["max_total"] += ex.max_points
     return result
@@ -432,30 +570,39 @@ def score_executed(nb, name: str = "") -> dict:
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code" or cell.get("execution_count") is None:
             continue
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        status[i] = (False, f"{errors[0].get('ename')}: {errors[0].get('evalue')}") if errors else (True, "")
+        errors = [
+            o
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "error"
+        ]
+        status[i] = (
+            (False, f"{errors[0].get('ename')}: {errors[0].get('evalue')}")
+            if errors
+            else (True, "")
+        )
     return _score(name, find_exercises(nb), status, 0.0, 0)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Exports for the instructor's own tools: nbgrader (JupyterHub) and otter-grader (Gradescope)
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
+# Exports for the instructor's own tools: nbgrader (JupyterHub) and
+# otter-grader (Gradescope)
+# -----------------------------------------------------------------------------
 
-NBGRADER_CONFIG = '''\
+NBGRADER_CONFIG = """\
 # nbgrader configuration of a course written by `python -m vaebook.assignments nbgrader` (edit freely; the
 # command does not overwrite this file). Run nbgrader's commands from this folder.
 c = get_config()
 c.CourseDirectory.course_id = "vaebook"
 # The chapters train small models on a CPU: allow each cell up to 15 minutes (nbgrader's default is 30 seconds).
 c.Execute.timeout = 900
-'''
+"""
 
-OTTER_REQUIREMENTS = '''\
+OTTER_REQUIREMENTS = """\
 # What the Gradescope autograder image installs besides otter-grader (CPU build of PyTorch, then the book's library)
 --extra-index-url https://download.pytorch.org/whl/cpu
 torch
 vaebook @ git+https://github.com/vaebook/vaebook@main
-'''
+"""
 
 
 def book_chapters() -> list[Path]:
@@ -480,20 +627,35 @@ def _resolve_chapters(args) -> list[Path]:
         if p.suffix == ".ipynb" and p.exists():
             out.append(p)
             continue
-        hits = [c for c in book_chapters() if c.stem == a] or [c for c in book_chapters() if c.stem.startswith(a)]
+        hits = [c for c in book_chapters() if c.stem == a] or [
+            c for c in book_chapters() if c.stem.startswith(a)
+        ]
         if len(hits) != 1:
-            raise ValueError(f"{a!r} names no chapter of the book (or several): {[c.stem for c in hits]}")
+            raise ValueError(
+                f"{a!r} names no chapter of the book (or several): "
+                f"{[c.stem for c in hits]}"
+            )
         out.append(hits[0])
     return out
 
 
-def _split_markdown(text: str, state: tuple) -> tuple[list[tuple[str, str | None, str]], tuple]:
+def _split_markdown(
+    text: str, state: tuple
+) -> tuple[list[tuple[str, str | None, str]], tuple]:
     """Split a markdown cell at the exercise and solution fences: ``[(kind, label, text)]`` with kind ``text``,
     ``statement`` (an exercise's statement) or ``answer`` (solution prose), and the state after the cell."""
-    events = sorted([(m.start(), m.end(), "statement", m.group(1)) for m in _EX_START.finditer(text)]
-                    + [(m.start(), m.end(), "text", None) for m in _EX_END.finditer(text)]
-                    + [(m.start(), m.end(), "answer", m.group(1)) for m in _SOL_START.finditer(text)]
-                    + [(m.start(), m.end(), "text", None) for m in _SOL_END.finditer(text)])
+    events = sorted(
+        [
+            (m.start(), m.end(), "statement", m.group(1))
+            for m in _EX_START.finditer(text)
+        ]
+        + [(m.start(), m.end(), "text", None) for m in _EX_END.finditer(text)]
+        + [
+            (m.start(), m.end(), "answer", m.group(1))
+            for m in _SOL_START.finditer(text)
+        ]
+        + [(m.start(), m.end(), "text", None) for m in _SOL_END.finditer(text)]
+    )
     parts, pos = [], 0
     for start, end, kind, label in events:
         parts.append((*state, text[pos:start]))
@@ -504,7 +666,11 @@ def _split_markdown(text: str, state: tuple) -> tuple[list[tuple[str, str | None
         if not body.strip():
             continue
         if merged and merged[-1][:2] == (kind, label):
-            merged[-1] = (kind, label, merged[-1][2].rstrip() + "\n\n" + body.strip())
+            merged[-1] = (
+                kind,
+                label,
+                merged[-1][2].rstrip() + "\n\n" + body.strip(),
+            )
         else:
             merged.append((kind, label, body.strip()))
     return merged, state
@@ -512,12 +678,12 @@ def _split_markdown(text: str, state: tuple) -> tuple[list[tuple[str, str | None
 
 @dataclass
 class _Part:
-    kind: str            # text | statement | answer | code | solution | check
+    kind: str  # text | statement | answer | code | solution | check
     source: str
     label: str | None = None
     points: float = 0.0
     metadata: dict = field(default_factory=dict)
-    index: int = -1      # the cell's index in the chapter
+    index: int = -1  # the cell's index in the chapter
 
 
 def _course_parts(nb: dict) -> tuple[list[_Part], list[Exercise]]:
@@ -525,17 +691,37 @@ def _course_parts(nb: dict) -> tuple[list[_Part], list[Exercise]]:
     exercises = find_exercises(nb)
     role = {}
     for ex in exercises:
-        role.update({i: ("solution", ex.label, 0.0) for i in ex.solution_cells})
-        role.update({i: ("check", ex.label, p) for i, p in zip(ex.graded_cells, ex.points)})
+        role.update(
+            {i: ("solution", ex.label, 0.0) for i in ex.solution_cells}
+        )
+        role.update(
+            {
+                i: ("check", ex.label, p)
+                for i, p in zip(ex.graded_cells, ex.points)
+            }
+        )
     parts, state = [], ("text", None)
     for i, cell in enumerate(nb["cells"]):
-        meta = {k: v for k, v in cell.get("metadata", {}).items() if k not in ("exercise", "points", "nbgrader")}
+        meta = {
+            k: v
+            for k, v in cell.get("metadata", {}).items()
+            if k not in ("exercise", "points", "nbgrader")
+        }
         if cell["cell_type"] == "markdown":
             segments, state = _split_markdown(_src(cell), state)
             for kind, label, body in segments:
                 if kind == "statement":
                     body = f"**Exercise `{label}`.** {body}"
-                parts.append(_Part(kind, body, label, 0.0, meta if kind == "text" else {}, i))
+                parts.append(
+                    _Part(
+                        kind,
+                        body,
+                        label,
+                        0.0,
+                        meta if kind == "text" else {},
+                        i,
+                    )
+                )
         elif cell["cell_type"] == "code":
             kind, label, points = role.get(i, ("code", None, 0.0))
             parts.append(_Part(kind, _src(cell), label, points, meta, i))
@@ -547,28 +733,59 @@ def _course_parts(nb: dict) -> tuple[list[_Part], list[Exercise]]:
 def _check_hidden(exercises) -> None:
     from vaebook.tooling.hidden_tests import HIDDEN
 
-    missing = [ex.label for ex in exercises if ex.solution_cells and ex.label not in HIDDEN]
+    missing = [
+        ex.label
+        for ex in exercises
+        if ex.solution_cells and ex.label not in HIDDEN
+    ]
     if missing:
-        raise ValueError(f"no hidden test for the code exercise(s) {missing}: add them to vaebook.tooling.hidden_tests.HIDDEN")
+        raise ValueError(
+            f"no hidden test for the code exercise(s) {missing}: add them to "
+            "vaebook.tooling.hidden_tests.HIDDEN"
+        )
 
 
 def _cell(kind: str, source: str, metadata: dict, cell_id: str) -> dict:
-    cell = {"cell_type": kind, "id": re.sub(r"[^A-Za-z0-9_-]", "-", cell_id)[:64], "metadata": metadata,
-            "source": source}
+    cell = {
+        "cell_type": kind,
+        "id": re.sub(r"[^A-Za-z0-9_-]", "-", cell_id)[:64],
+        "metadata": metadata,
+        "source": source,
+    }
     if kind == "code":
         cell.update(execution_count=None, outputs=[])
     return cell
 
 
 def _notebook(nb: dict, cells: list[dict]) -> dict:
-    meta = {k: v for k, v in nb.get("metadata", {}).items() if k in ("kernelspec", "language_info")}
-    meta.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
-    return {"cells": cells, "metadata": meta, "nbformat": 4, "nbformat_minor": 5}
+    meta = {
+        k: v
+        for k, v in nb.get("metadata", {}).items()
+        if k in ("kernelspec", "language_info")
+    }
+    meta.setdefault(
+        "kernelspec",
+        {"name": "python3", "display_name": "Python 3", "language": "python"},
+    )
+    return {
+        "cells": cells,
+        "metadata": meta,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 
-def _nbgrader_meta(grade_id: str, *, grade=False, solution=False, locked=False, points=0.0) -> dict:
-    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution,
-            "task": False}
+def _nbgrader_meta(
+    grade_id: str, *, grade=False, solution=False, locked=False, points=0.0
+) -> dict:
+    meta = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": locked,
+        "schema_version": 3,
+        "solution": solution,
+        "task": False,
+    }
     if grade:
         meta["points"] = points
     return meta
@@ -592,7 +809,9 @@ def nbgrader_notebook(nb, name: str = "") -> dict:
     stem = Path(name).stem or "chapter"
     parts, exercises = _course_parts(nb)
     _check_hidden(exercises)
-    last_check = {ex.label: ex.graded_cells[-1] for ex in exercises if ex.graded_cells}
+    last_check = {
+        ex.label: ex.graded_cells[-1] for ex in exercises if ex.graded_cells
+    }
     cells, counts = [], {}
 
     def gid(label, what):
@@ -608,10 +827,21 @@ def nbgrader_notebook(nb, name: str = "") -> dict:
             cells.append(_cell("raw", part.source, meta, f"raw-{k}"))
         elif part.kind == "statement":
             g = gid(part.label, "statement")
-            cells.append(_cell("markdown", part.source, {"nbgrader": _nbgrader_meta(g, locked=True)}, g))
+            cells.append(
+                _cell(
+                    "markdown",
+                    part.source,
+                    {"nbgrader": _nbgrader_meta(g, locked=True)},
+                    g,
+                )
+            )
         elif part.kind == "answer":
             g = gid(part.label, "answer")
-            meta = {"nbgrader": _nbgrader_meta(g, grade=True, solution=True, points=0.0)}
+            meta = {
+                "nbgrader": _nbgrader_meta(
+                    g, grade=True, solution=True, points=0.0
+                )
+            }
             cells.append(_cell("markdown", part.source, meta, g))
         elif part.kind == "solution":
             g = gid(part.label, "solution")
@@ -620,35 +850,64 @@ def nbgrader_notebook(nb, name: str = "") -> dict:
         elif part.kind == "check":
             g = gid(part.label, "check")
             source = part.source.rstrip("\n") + "\n"
-            if part.index == last_check[part.label] and any(e.label == part.label and e.solution_cells
-                                                           for e in exercises):
-                from vaebook.tooling.hidden_tests import BEGIN_HIDDEN, END_HIDDEN
+            if part.index == last_check[part.label] and any(
+                e.label == part.label and e.solution_cells for e in exercises
+            ):
+                from vaebook.tooling.hidden_tests import (
+                    BEGIN_HIDDEN,
+                    END_HIDDEN,
+                )
+
                 source += f"\n{BEGIN_HIDDEN}\n{hidden_code(part.label)}{END_HIDDEN}\n"
-            meta["nbgrader"] = _nbgrader_meta(g, grade=True, locked=True, points=part.points)
+            meta["nbgrader"] = _nbgrader_meta(
+                g, grade=True, locked=True, points=part.points
+            )
             cells.append(_cell("code", source, meta, g))
         else:  # the chapter's own code: read-only
             g = f"{stem}-cell-{part.index}"
             meta["nbgrader"] = _nbgrader_meta(g, locked=True)
             cells.append(_cell("code", part.source, meta, g))
-    header = _cell("markdown", (
-        f"*Assignment generated from the book's chapter `{name or stem}` by `python -m vaebook.assignments "
-        "nbgrader`. Replace each `raise NotImplementedError()` with your code and each \"YOUR ANSWER HERE\" with "
-        "your derivation; the read-only cells set up what the graded checks use.*"), {}, "vaebook-header")
+    header = _cell(
+        "markdown",
+        (
+            f"*Assignment generated from the book's chapter `{name or stem}` "
+            "by `python -m vaebook.assignments "
+            "nbgrader`. Replace each `raise NotImplementedError()` with your "
+            'code and each "YOUR ANSWER HERE" with '
+            "your derivation; the read-only cells set up what the graded "
+            "checks use.*"
+        ),
+        {},
+        "vaebook-header",
+    )
     return _notebook(nb, [header] + cells)
 
 
 def _otter_solution_code(code: str) -> str:
     """otter-grader's solution markers are ``# BEGIN SOLUTION`` / ``# END SOLUTION`` (the book uses ``###``)."""
-    return re.sub(r"^(\s*)###\s*(BEGIN|END) SOLUTION\s*$", r"\1# \2 SOLUTION", code, flags=re.M)
+    return re.sub(
+        r"^(\s*)###\s*(BEGIN|END) SOLUTION\s*$",
+        r"\1# \2 SOLUTION",
+        code,
+        flags=re.M,
+    )
 
 
 def _otter_test(source: str, label: str, hidden: bool) -> str:
     what = "hidden test" if hidden else "graded check"
-    head = '""" # BEGIN TEST CONFIG\nhidden: true\n""" # END TEST CONFIG\n' if hidden else ""
+    head = (
+        '""" # BEGIN TEST CONFIG\nhidden: true\n""" # END TEST CONFIG\n'
+        if hidden
+        else ""
+    )
     name = "test_hidden" if hidden else "test_graded_check"
-    return (f"{head}def {name}(env):\n"
-            f"    # the chapter's {what} of {label}, run in the notebook's namespace\n"
-            f"    exec(compile({source!r}, {f'<{what} {label}>'!r}, 'exec'), env)\n")
+    return (
+        f"{head}def {name}(env):\n"
+        f"    # the chapter's {what} of {label}, run in the notebook's "
+        "namespace\n"
+        f"    exec(compile({source!r}, {f'<{what} {label}>'!r}, 'exec'), "
+        "env)\n"
+    )
 
 
 def otter_notebook(nb, name: str = "") -> dict:
@@ -667,57 +926,121 @@ def otter_notebook(nb, name: str = "") -> dict:
     parts, exercises = _course_parts(nb)
     _check_hidden(exercises)
     by_label = {ex.label: ex for ex in exercises}
-    config = (f"# ASSIGNMENT CONFIG\nname: {stem}\nrequirements: requirements.txt\nrun_tests: false\n"
-              "init_cell: true\ncheck_all_cell: false\nexport_cell:\n  pdf: false\n  run_tests: false\n"
-              "generate:\n  pdf: false\n  filtering: false\ntests:\n  ok_format: false\n  files: false\n")
-    cells = [_cell("raw", config, {}, "assignment-config"),
-             _cell("markdown", f"*Assignment generated from the book's chapter `{name or stem}` by `python -m "
-                               "vaebook.assignments otter`.*", {}, "vaebook-header")]
+    config = (
+        f"# ASSIGNMENT CONFIG\nname: {stem}\nrequirements: "
+        "requirements.txt\nrun_tests: false\n"
+        "init_cell: true\ncheck_all_cell: false\nexport_cell:\n  pdf: false\n "
+        " run_tests: false\n"
+        "generate:\n  pdf: false\n  filtering: false\ntests:\n  ok_format: "
+        "false\n  files: false\n"
+    )
+    cells = [
+        _cell("raw", config, {}, "assignment-config"),
+        _cell(
+            "markdown",
+            f"*Assignment generated from the book's chapter `{name or stem}` "
+            "by `python -m "
+            "vaebook.assignments otter`.*",
+            {},
+            "vaebook-header",
+        ),
+    ]
     raw = lambda src, cid: cells.append(_cell("raw", src, {}, cid))
     k = 0
     while k < len(parts):
         part = parts[k]
         if part.kind not in ("statement", "answer", "solution", "check"):
             if part.kind == "text":
-                cells.append(_cell("markdown", part.source, copy.deepcopy(part.metadata), f"md-{k}"))
+                cells.append(
+                    _cell(
+                        "markdown",
+                        part.source,
+                        copy.deepcopy(part.metadata),
+                        f"md-{k}",
+                    )
+                )
             elif part.kind == "raw":
-                cells.append(_cell("raw", part.source, copy.deepcopy(part.metadata), f"raw-{k}"))
+                cells.append(
+                    _cell(
+                        "raw",
+                        part.source,
+                        copy.deepcopy(part.metadata),
+                        f"raw-{k}",
+                    )
+                )
             else:
-                cells.append(_cell("code", part.source, copy.deepcopy(part.metadata), f"code-{k}"))
+                cells.append(
+                    _cell(
+                        "code",
+                        part.source,
+                        copy.deepcopy(part.metadata),
+                        f"code-{k}",
+                    )
+                )
             k += 1
             continue
         label = part.label
         group = []
-        while k < len(parts) and parts[k].label == label and parts[k].kind in ("statement", "answer", "solution",
-                                                                                 "check"):
+        while (
+            k < len(parts)
+            and parts[k].label == label
+            and parts[k].kind in ("statement", "answer", "solution", "check")
+        ):
             group.append(parts[k])
             k += 1
         ex = by_label[label]
         code_ex = bool(ex.solution_cells)
-        qconf = (f"# BEGIN QUESTION\nname: {label}\npoints: {ex.max_points:g}\nall_or_nothing: true\n" if code_ex
-                 else f"# BEGIN QUESTION\nname: {label}\nmanual: true\npoints: 0\n")
+        qconf = (
+            f"# BEGIN QUESTION\nname: {label}\npoints: "
+            f"{ex.max_points:g}\nall_or_nothing: true\n"
+            if code_ex
+            else f"# BEGIN QUESTION\nname: {label}\nmanual: true\npoints: 0\n"
+        )
         raw(qconf, f"{label}-begin-question")
         for p in group:
             if p.kind == "statement":
-                cells.append(_cell("markdown", p.source, {}, f"{label}-statement"))
+                cells.append(
+                    _cell("markdown", p.source, {}, f"{label}-statement")
+                )
         sol = [p for p in group if p.kind in ("answer", "solution")]
         if sol:
             raw("# BEGIN SOLUTION", f"{label}-begin-solution")
             for j, p in enumerate(sol):
                 if p.kind == "answer":
-                    cells.append(_cell("markdown", p.source, {}, f"{label}-answer-{j}"))
+                    cells.append(
+                        _cell("markdown", p.source, {}, f"{label}-answer-{j}")
+                    )
                 else:
-                    cells.append(_cell("code", _otter_solution_code(p.source), copy.deepcopy(p.metadata),
-                                       f"{label}-solution-{j}"))
+                    cells.append(
+                        _cell(
+                            "code",
+                            _otter_solution_code(p.source),
+                            copy.deepcopy(p.metadata),
+                            f"{label}-solution-{j}",
+                        )
+                    )
             raw("# END SOLUTION", f"{label}-end-solution")
         checks = [p for p in group if p.kind == "check"]
         if checks:
             raw("# BEGIN TESTS", f"{label}-begin-tests")
             for j, p in enumerate(checks):
-                cells.append(_cell("code", _otter_test(p.source, label, hidden=False), {}, f"{label}-test-{j}"))
+                cells.append(
+                    _cell(
+                        "code",
+                        _otter_test(p.source, label, hidden=False),
+                        {},
+                        f"{label}-test-{j}",
+                    )
+                )
             if code_ex:
-                cells.append(_cell("code", _otter_test(hidden_code(label), label, hidden=True), {},
-                                   f"{label}-hidden-test"))
+                cells.append(
+                    _cell(
+                        "code",
+                        _otter_test(hidden_code(label), label, hidden=True),
+                        {},
+                        f"{label}-hidden-test",
+                    )
+                )
             raw("# END TESTS", f"{label}-end-tests")
         raw("# END QUESTION", f"{label}-end-question")
     return _notebook(nb, cells)
@@ -758,7 +1081,10 @@ def write_otter_assignments(out_dir, chapters=None) -> list[Path]:
 
 
 def _print_result(r: dict) -> None:
-    print(f"{r['notebook']}: {r['total']:g} / {r['max_total']:g} points ({r['seconds']} s)")
+    print(
+        f"{r['notebook']}: {r['total']:g} / {r['max_total']:g} points "
+        f"({r['seconds']} s)"
+    )
     for ex in r["exercises"]:
         if ex["max_points"] == 0:
             print(f"  {ex['label']}: not auto-graded (no graded check)")
@@ -772,37 +1098,100 @@ def _print_result(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vaebook.assignments", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m vaebook.assignments",
+        description=__doc__.split("\n\n")[0],
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("student", help="write student editions (solutions removed)")
-    s.add_argument("chapters", nargs="*", help="chapter notebooks (default: every book/*.ipynb)")
-    s.add_argument("--out", required=True, help="output folder (e.g. student/, which the book build excludes)")
-    g = sub.add_parser("grade", help="execute a notebook and score its graded checks")
+    s = sub.add_parser(
+        "student", help="write student editions (solutions removed)"
+    )
+    s.add_argument(
+        "chapters",
+        nargs="*",
+        help="chapter notebooks (default: every book/*.ipynb)",
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output folder (e.g. student/, which the book build excludes)",
+    )
+    g = sub.add_parser(
+        "grade", help="execute a notebook and score its graded checks"
+    )
     g.add_argument("notebook")
-    g.add_argument("--reference", default=None, help="the official chapter; its graded checks are used")
-    g.add_argument("--timeout", type=float, default=1200.0, help="limit for the whole notebook (s)")
-    g.add_argument("--cell-timeout", type=float, default=600.0, help="limit per cell (s)")
-    g.add_argument("--stall-timeout", type=float, default=120.0,
-                   help="a kernel idle (no CPU) this long during a cell is restarted and the notebook rerun (0: off)")
-    g.add_argument("--json", default=None, help="also write the result as JSON to this file")
-    n = sub.add_parser("nbgrader", help="write an nbgrader course: COURSE_DIR/source/<chapter>/<chapter>.ipynb")
+    g.add_argument(
+        "--reference",
+        default=None,
+        help="the official chapter; its graded checks are used",
+    )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="limit for the whole notebook (s)",
+    )
+    g.add_argument(
+        "--cell-timeout", type=float, default=600.0, help="limit per cell (s)"
+    )
+    g.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        help="a kernel idle (no CPU) this long during a cell is restarted and "
+        "the notebook rerun (0: off)",
+    )
+    g.add_argument(
+        "--json",
+        default=None,
+        help="also write the result as JSON to this file",
+    )
+    n = sub.add_parser(
+        "nbgrader",
+        help="write an nbgrader course: "
+        "COURSE_DIR/source/<chapter>/<chapter>.ipynb",
+    )
     n.add_argument("course_dir")
-    n.add_argument("chapters", nargs="*", help="chapters (paths or names such as ch03; default: every chapter)")
-    o = sub.add_parser("otter", help="write otter-grader master notebooks: OUT_DIR/<chapter>/<chapter>.ipynb")
+    n.add_argument(
+        "chapters",
+        nargs="*",
+        help="chapters (paths or names such as ch03; default: every chapter)",
+    )
+    o = sub.add_parser(
+        "otter",
+        help="write otter-grader master notebooks: "
+        "OUT_DIR/<chapter>/<chapter>.ipynb",
+    )
     o.add_argument("out_dir")
-    o.add_argument("chapters", nargs="*", help="chapters (paths or names such as ch03; default: every chapter)")
+    o.add_argument(
+        "chapters",
+        nargs="*",
+        help="chapters (paths or names such as ch03; default: every chapter)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "student":
         for path in write_student_editions(args.out, args.chapters):
             print(path)
         return 0
     if args.cmd in ("nbgrader", "otter"):
-        write = write_nbgrader_course if args.cmd == "nbgrader" else write_otter_assignments
-        for path in write(args.course_dir if args.cmd == "nbgrader" else args.out_dir, args.chapters):
+        write = (
+            write_nbgrader_course
+            if args.cmd == "nbgrader"
+            else write_otter_assignments
+        )
+        for path in write(
+            args.course_dir if args.cmd == "nbgrader" else args.out_dir,
+            args.chapters,
+        ):
             print(path)
         return 0
-    result = grade(args.notebook, reference=args.reference, timeout=args.timeout, cell_timeout=args.cell_timeout,
-                   stall_timeout=args.stall_timeout)
+    result = grade(
+        args.notebook,
+        reference=args.reference,
+        timeout=args.timeout,
+        cell_timeout=args.cell_timeout,
+        stall_timeout=args.stall_timeout,
+    )
     _print_result(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -29,6 +29,7 @@ re-read come from on-chip cache and are not counted) and its floating-point oper
 dominates below about 10 microseconds), occupancy, and that ``exp`` runs on the special-function units at a
 fraction of the FMA rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,22 +39,46 @@ import time
 
 import torch
 
-__all__ = ["run", "format_table", "main", "roofline", "roofline_estimates", "matched_reference_rss", "H100_SXM"]
+__all__ = [
+    "run",
+    "format_table",
+    "main",
+    "roofline",
+    "roofline_estimates",
+    "matched_reference_rss",
+    "H100_SXM",
+]
 
-#: the published peaks used by :func:`roofline_estimates` (NVIDIA H100 SXM5 datasheet)
-H100_SXM = {"name": "NVIDIA H100 SXM5", "bandwidth": 3.35e12, "flops": 67e12,
-            "note": "3.35 TB/s HBM3; 67 TFLOP/s FP32 (non-tensor-core)"}
+# : the published peaks used by :func:`roofline_estimates` (NVIDIA H100 SXM5
+# datasheet)
+H100_SXM = {
+    "name": "NVIDIA H100 SXM5",
+    "bandwidth": 3.35e12,
+    "flops": 67e12,
+    "note": "3.35 TB/s HBM3; 67 TFLOP/s FP32 (non-tensor-core)",
+}
 
-#: sizes of :func:`roofline_estimates`: the appendix's cost table (B = 128, n = 500) and this benchmark's largest
+# : sizes of :func:`roofline_estimates`: the appendix's cost table (B = 128,
+# n = 500) and this benchmark's largest
 ROOFLINE_SIZES = (
-    ("svgd_direction", {"n": 500, "d": 2}), ("svgd_direction", {"n": 20_000, "d": 2}),
-    ("ksd", {"n": 500, "d": 2}), ("ksd", {"n": 20_000, "d": 2}),
-    ("gumbel_softmax_fwd", {"B": 128, "K": 10}), ("gumbel_softmax_fwd", {"B": 20_000, "K": 100}),
-    ("gumbel_softmax_bwd", {"B": 128, "K": 10}), ("gumbel_softmax_bwd", {"B": 20_000, "K": 100}),
+    ("svgd_direction", {"n": 500, "d": 2}),
+    ("svgd_direction", {"n": 20_000, "d": 2}),
+    ("ksd", {"n": 500, "d": 2}),
+    ("ksd", {"n": 20_000, "d": 2}),
+    ("gumbel_softmax_fwd", {"B": 128, "K": 10}),
+    ("gumbel_softmax_fwd", {"B": 20_000, "K": 100}),
+    ("gumbel_softmax_bwd", {"B": 128, "K": 10}),
+    ("gumbel_softmax_bwd", {"B": 20_000, "K": 100}),
     ("matched_kl_fwd", {"B": 128, "K": 10, "D": 16, "shared_prior": True}),
-    ("matched_kl_fwd", {"B": 100_000, "K": 10, "D": 16, "shared_prior": False}),
+    (
+        "matched_kl_fwd",
+        {"B": 100_000, "K": 10, "D": 16, "shared_prior": False},
+    ),
     ("matched_kl_bwd", {"B": 128, "K": 10, "D": 16, "shared_prior": True}),
-    ("matched_kl_bwd", {"B": 100_000, "K": 10, "D": 16, "shared_prior": False}),
+    (
+        "matched_kl_bwd",
+        {"B": 100_000, "K": 10, "D": 16, "shared_prior": False},
+    ),
 )
 
 
@@ -77,7 +102,10 @@ def _keops_direction(x, s, h):
     n, d = x.shape
     xi, xj = LazyTensor(x[:, None, :]), LazyTensor(x[None, :, :])
     k = (-((xi - xj) ** 2).sum(-1) / h).exp()
-    v = torch.cat([s - (2.0 / h) * x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
+    v = torch.cat(
+        [s - (2.0 / h) * x, torch.ones(n, 1, dtype=x.dtype, device=x.device)],
+        1,
+    )
     out = (k * LazyTensor(v[None, :, :])).sum(dim=1)
     return (out[:, :d] + (2.0 / h) * x * out[:, d:]) / n
 
@@ -87,8 +115,10 @@ def _methods(op, device):
 
     triton_ok = device.type == "cuda" and kernels.triton_available()
     if op == "svgd":
-        ms = {"blocked": lambda x, s, h: svgd.svgd_direction(x, s, h),
-              "dense": lambda x, s, h: svgd.svgd_direction_dense(x, s, h)}
+        ms = {
+            "blocked": lambda x, s, h: svgd.svgd_direction(x, s, h),
+            "dense": lambda x, s, h: svgd.svgd_direction_dense(x, s, h),
+        }
         try:
             import pykeops  # noqa: F401
 
@@ -96,12 +126,20 @@ def _methods(op, device):
         except ImportError:
             pass
         if triton_ok:  # pragma: no cover - needs a GPU
-            ms["triton"] = lambda x, s, h: kernels.svgd_direction(x, s, h, backend="triton")
+            ms["triton"] = lambda x, s, h: kernels.svgd_direction(
+                x, s, h, backend="triton"
+            )
         return ms
     if op == "gumbel_softmax":
-        ms = {"torch": lambda lg, g: kernels.gumbel_softmax(lg, 0.5, hard=True, gumbel=g, backend="torch")}
+        ms = {
+            "torch": lambda lg, g: kernels.gumbel_softmax(
+                lg, 0.5, hard=True, gumbel=g, backend="torch"
+            )
+        }
         if triton_ok:  # pragma: no cover
-            ms["triton"] = lambda lg, g: kernels.gumbel_softmax(lg, 0.5, hard=True, gumbel=g, backend="triton")
+            ms["triton"] = lambda lg, g: kernels.gumbel_softmax(
+                lg, 0.5, hard=True, gumbel=g, backend="triton"
+            )
         return ms
     ms = {"torch": lambda *a: kernels.matched_kl(*a, backend="torch")}
     if triton_ok:  # pragma: no cover
@@ -109,7 +147,9 @@ def _methods(op, device):
     return ms
 
 
-def roofline(op: str, *, gpu: dict = H100_SXM, itemsize: int = 4, **size) -> dict:
+def roofline(
+    op: str, *, gpu: dict = H100_SXM, itemsize: int = 4, **size
+) -> dict:
     r"""Bytes, flops and the implied time of one call of the Triton kernel ``op`` at ``size`` on ``gpu``.
 
     Counts (``itemsize`` bytes per number, float32 by default; flops per the kernels' source):
@@ -141,7 +181,11 @@ def roofline(op: str, *, gpu: dict = H100_SXM, itemsize: int = 4, **size) -> dic
             numbers, flops = 2 * n * d + n, n * n * (8 * d + 10)
     elif op in ("gumbel_softmax_fwd", "gumbel_softmax_bwd"):
         b, k = size["B"], size["K"]
-        numbers, flops = (3 * b * k + b, 7 * b * k) if op.endswith("fwd") else (4 * b * k + 2 * b, 14 * b * k)
+        numbers, flops = (
+            (3 * b * k + b, 7 * b * k)
+            if op.endswith("fwd")
+            else (4 * b * k + 2 * b, 14 * b * k)
+        )
     elif op in ("matched_kl_fwd", "matched_kl_bwd"):
         b, k, d = size["B"], size["K"], size["D"]
         bp = 1 if size.get("shared_prior", True) else b
@@ -153,31 +197,57 @@ def roofline(op: str, *, gpu: dict = H100_SXM, itemsize: int = 4, **size) -> dic
             numbers += 2 * b * row
             flops = 36 * b * k * d + 26 * b * k
     else:
-        raise ValueError(f"op must be one of svgd_direction, ksd, gumbel_softmax_fwd, gumbel_softmax_bwd, "
-                         f"matched_kl_fwd, matched_kl_bwd, got {op!r}")
+        raise ValueError(
+            "op must be one of svgd_direction, ksd, gumbel_softmax_fwd, "
+            "gumbel_softmax_bwd, "
+            f"matched_kl_fwd, matched_kl_bwd, got {op!r}"
+        )
     nbytes = numbers * itemsize
     mem, comp = 1e6 * nbytes / gpu["bandwidth"], 1e6 * flops / gpu["flops"]
-    label = ", ".join(f"{k}={v:,}" for k, v in size.items() if k != "shared_prior")
+    label = ", ".join(
+        f"{k}={v:,}" for k, v in size.items() if k != "shared_prior"
+    )
     if "shared_prior" in size:
-        label += ", prior shared" if size["shared_prior"] else ", prior per row"
-    return {"op": op, "size": label, "bytes": nbytes, "flops": flops, "memory_us": mem, "compute_us": comp,
-            "us": max(mem, comp), "bound": "memory" if mem >= comp else "compute"}
+        label += (
+            ", prior shared" if size["shared_prior"] else ", prior per row"
+        )
+    return {
+        "op": op,
+        "size": label,
+        "bytes": nbytes,
+        "flops": flops,
+        "memory_us": mem,
+        "compute_us": comp,
+        "us": max(mem, comp),
+        "bound": "memory" if mem >= comp else "compute",
+    }
 
 
-def roofline_estimates(sizes=ROOFLINE_SIZES, gpu: dict = H100_SXM) -> list[dict]:
+def roofline_estimates(
+    sizes=ROOFLINE_SIZES, gpu: dict = H100_SXM
+) -> list[dict]:
     """:func:`roofline` for every ``(op, size)`` of ``sizes`` (default: :data:`ROOFLINE_SIZES`) on ``gpu``."""
     return [roofline(op, gpu=gpu, **size) for op, size in sizes]
 
 
 def format_roofline(rows: list[dict], gpu: dict = H100_SXM) -> str:
     """The estimates as a Markdown table, with the peaks they assume."""
-    lines = [f"Roofline estimates on an {gpu['name']} ({gpu['note']}); float32; launch overhead not included.",
-             "", "| kernel | size | bytes moved | flops | memory time (us) | compute time (us) | estimate (us) "
-                 "| bound |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Roofline estimates on an {gpu['name']} ({gpu['note']}); float32; "
+        "launch overhead not included.",
+        "",
+        "| kernel | size | bytes moved | flops | memory time (us) | compute "
+        "time (us) | estimate (us) "
+        "| bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['op']} | {r['size']} | {_si(r['bytes'], 'B')} | {_si(r['flops'], 'FLOP')} "
-                     f"| {r['memory_us']:.3g} | {r['compute_us']:.3g} | {r['us']:.3g} | {r['bound']} |")
+        lines.append(
+            f"| {r['op']} | {r['size']} | {_si(r['bytes'], 'B')} | "
+            f"{_si(r['flops'], 'FLOP')} "
+            f"| {r['memory_us']:.3g} | {r['compute_us']:.3g} | {r['us']:.3g} "
+            f"| {r['bound']} |"
+        )
     return "\n".join(lines)
 
 
@@ -214,32 +284,55 @@ def matched_reference_rss(b: int = 100_000, k: int = 10, d: int = 16) -> dict:
     and macOS; the inputs exist before the call, so ``growth_mib`` is what the call itself needed)."""
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", _RSS_CODE, str(b), str(k), str(d)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_CODE, str(b), str(k), str(d)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"the RSS measurement failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False, device: str | None = None, dense_max: int = 5000, max_n: int = 20_000,
-        repeats: int = 3, seed: int = 0) -> list[dict]:
+def run(
+    quick: bool = False,
+    device: str | None = None,
+    dense_max: int = 5000,
+    max_n: int = 20_000,
+    repeats: int = 3,
+    seed: int = 0,
+) -> list[dict]:
     """Run every benchmark; return one row per (op, size, method): ``{"op", "size", "method", "device",
     "ms", "peak_mib", "note"}`` (``ms``/``peak_mib`` are ``None`` for a skipped method, with the reason in ``note``)."""
     from vaebook.svgd import peak_memory
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(
+        device or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     g = torch.Generator().manual_seed(seed)
     rows: list[dict] = []
 
     def record(op, size, method, fn, args, note="", roof=None):
         _, peak = peak_memory(fn, *args)
         ms = 1e3 * _time(lambda: fn(*args), dev, repeats)
-        row = {"op": op, "size": size, "method": method, "device": dev.type, "ms": round(ms, 3),
-               "peak_mib": round(peak / 2**20, 2), "note": note}
-        if roof is not None and method == "triton" and dev.type == "cuda":  # pragma: no cover - needs a GPU
+        row = {
+            "op": op,
+            "size": size,
+            "method": method,
+            "device": dev.type,
+            "ms": round(ms, 3),
+            "peak_mib": round(peak / 2**20, 2),
+            "note": note,
+        }
+        if (
+            roof is not None and method == "triton" and dev.type == "cuda"
+        ):  # pragma: no cover - needs a GPU
             est = roofline(roof[0], **roof[1])
             row["roofline_ms"] = round(est["us"] / 1e3, 4)
-            row["note"] = (note + "; " if note else "") + f"H100 roofline {est['us']:.1f} us ({est['bound']})"
+            row["note"] = (
+                note + "; " if note else ""
+            ) + f"H100 roofline {est['us']:.1f} us ({est['bound']})"
         rows.append(row)
 
     sizes = [200, 500] if quick else [500, 2000, 5000, max_n]
@@ -248,64 +341,156 @@ def run(quick: bool = False, device: str | None = None, dense_max: int = 5000, m
         s, h = -x, 1.0
         for name, fn in _methods("svgd", dev).items():
             if name == "dense" and n > dense_max:
-                rows.append({"op": "svgd", "size": f"n={n}", "method": name, "device": dev.type, "ms": None,
-                             "peak_mib": None, "note": f"skipped: n x n matrix above --dense-max {dense_max}"})
+                rows.append(
+                    {
+                        "op": "svgd",
+                        "size": f"n={n}",
+                        "method": name,
+                        "device": dev.type,
+                        "ms": None,
+                        "peak_mib": None,
+                        "note": f"skipped: n x n matrix above --dense-max {dense_max}",
+                    }
+                )
                 continue
-            record("svgd", f"n={n}", name, fn, (x, s, h), roof=("svgd_direction", {"n": n, "d": 2}))
-    for b, k in ([(256, 10)] if quick else [(2000, 10), (20_000, 100)]):
+            record(
+                "svgd",
+                f"n={n}",
+                name,
+                fn,
+                (x, s, h),
+                roof=("svgd_direction", {"n": n, "d": 2}),
+            )
+    for b, k in [(256, 10)] if quick else [(2000, 10), (20_000, 100)]:
         lg = torch.randn(b, k, generator=g).to(dev)
-        gum = -torch.log(-torch.log(torch.rand(b, k, generator=g).clamp(1e-10, 1 - 1e-7))).to(dev)
+        gum = -torch.log(
+            -torch.log(torch.rand(b, k, generator=g).clamp(1e-10, 1 - 1e-7))
+        ).to(dev)
         for name, fn in _methods("gumbel_softmax", dev).items():
-            record("gumbel_softmax", f"{b}x{k}", name, fn, (lg, gum), roof=("gumbel_softmax_fwd", {"B": b, "K": k}))
-    for b in ([64] if quick else [1000, 100_000]):
+            record(
+                "gumbel_softmax",
+                f"{b}x{k}",
+                name,
+                fn,
+                (lg, gum),
+                roof=("gumbel_softmax_fwd", {"B": b, "K": k}),
+            )
+    for b in [64] if quick else [1000, 100_000]:
         kk, d = 10, 16
-        args = [torch.randn(b, kk, generator=g), torch.randn(b, kk, d, generator=g),
-                torch.randn(b, kk, d, generator=g), torch.randn(b, kk, generator=g),
-                torch.randn(b, kk, d, generator=g), torch.randn(b, kk, d, generator=g)]
+        args = [
+            torch.randn(b, kk, generator=g),
+            torch.randn(b, kk, d, generator=g),
+            torch.randn(b, kk, d, generator=g),
+            torch.randn(b, kk, generator=g),
+            torch.randn(b, kk, d, generator=g),
+            torch.randn(b, kk, d, generator=g),
+        ]
         args = tuple(a.to(dev) for a in args)
         for name, fn in _methods("matched_kl", dev).items():
-            record("matched_kl", f"B={b}, K={kk}, D={d}", name, fn, args,
-                   roof=("matched_kl_fwd", {"B": b, "K": kk, "D": d, "shared_prior": False}))
+            record(
+                "matched_kl",
+                f"B={b}, K={kk}, D={d}",
+                name,
+                fn,
+                args,
+                roof=(
+                    "matched_kl_fwd",
+                    {"B": b, "K": kk, "D": d, "shared_prior": False},
+                ),
+            )
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| op | size | method | device | time (ms) | peak memory (MiB) | note |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| op | size | method | device | time (ms) | peak memory (MiB) | note "
+        "|",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         t = "-" if r["ms"] is None else f"{r['ms']:.3f}"
         m = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.2f}"
-        lines.append(f"| {r['op']} | {r['size']} | {r['method']} | {r['device']} | {t} | {m} | {r['note']} |")
+        lines.append(
+            f"| {r['op']} | {r['size']} | {r['method']} | {r['device']} | {t} "
+            f"| {m} | {r['note']} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vaebook.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--dense-max", type=int, default=5000, help="largest n for the dense SVGD (O(n^2) memory)")
-    p.add_argument("--max-n", type=int, default=20_000, help="largest n for SVGD")
+    p = argparse.ArgumentParser(
+        prog="python -m vaebook.bench", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes (a few seconds)"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu or cuda (default: cuda when present)",
+    )
+    p.add_argument(
+        "--dense-max",
+        type=int,
+        default=5000,
+        help="largest n for the dense SVGD (O(n^2) memory)",
+    )
+    p.add_argument(
+        "--max-n", type=int, default=20_000, help="largest n for SVGD"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the rows as JSON")
-    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS measurement of the matched-bound "
-                                                         "reference (a fresh process at the largest size)")
+    p.add_argument(
+        "--no-rss",
+        action="store_true",
+        help="skip the peak-RSS measurement of the matched-bound "
+        "reference (a fresh process at the largest size)",
+    )
     args = p.parse_args(argv)
-    rows = run(quick=args.quick, device=args.device, dense_max=args.dense_max, max_n=args.max_n,
-               repeats=args.repeats)
+    rows = run(
+        quick=args.quick,
+        device=args.device,
+        dense_max=args.dense_max,
+        max_n=args.max_n,
+        repeats=args.repeats,
+    )
     print(format_table(rows))
     if not any(r["method"] == "keops" for r in rows):
-        print("\n(keops: not installed; `pip install pykeops` adds it. triton: only on a CUDA device.)")
+        print(
+            "\n(keops: not installed; `pip install pykeops` adds it. triton: "
+            "only on a CUDA device.)"
+        )
     if not args.no_rss:
         b = 64 if args.quick else 100_000
         r = matched_reference_rss(b, 10, 16)
-        tensor_peak = [x["peak_mib"] for x in rows if x["op"] == "matched_kl" and x["method"] == "torch"][-1]
-        print(f"\nmatched-bound reference (PyTorch, float32) at B={b:,}, K=10, D=16: inputs {r['inputs_mib']:.1f} MiB; "
-              f"peak of the tensors it creates {tensor_peak:.1f} MiB; process peak RSS grew by "
-              f"{r['growth_mib']:.1f} MiB during the call (fresh process, getrusage)")
+        tensor_peak = [
+            x["peak_mib"]
+            for x in rows
+            if x["op"] == "matched_kl" and x["method"] == "torch"
+        ][-1]
+        print(
+            f"\nmatched-bound reference (PyTorch, float32) at B={b:,}, K=10, "
+            f"D=16: inputs {r['inputs_mib']:.1f} MiB; "
+            f"peak of the tensors it creates {tensor_peak:.1f} MiB; process "
+            "peak RSS grew by "
+            f"{r['growth_mib']:.1f} MiB during the call (fresh process, "
+            "getrusage)"
+        )
         for x in rows:
             x.setdefault("rss", None)
-        rows.append({"op": "matched_kl", "size": f"B={b}, K=10, D=16", "method": "torch", "device": "cpu",
-                     "ms": round(1e3 * r["seconds"], 3), "peak_mib": None, "note": "process RSS", "rss": r})
+        rows.append(
+            {
+                "op": "matched_kl",
+                "size": f"B={b}, K=10, D=16",
+                "method": "torch",
+                "device": "cpu",
+                "ms": round(1e3 * r["seconds"], 3),
+                "peak_mib": None,
+                "note": "process RSS",
+                "rss": r,
+            }
+        )
     print("\n" + format_roofline(roofline_estimates()))
     if args.json:
         with open(args.json, "w") as f:

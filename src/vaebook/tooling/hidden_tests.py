@@ -20,6 +20,7 @@ happen in a copy of the namespace. They are kept here, in the library, keyed by 
 so that the chapters in ``book/`` stay as they are; ``tests/test_assignments.py`` checks that every code exercise
 of every chapter has one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,17 @@ import random
 import re
 import textwrap
 
-__all__ = ["HIDDEN", "hidden_code", "user_namespace", "solution_source", "rerun", "patched", "isolated", "run",
-           "differs"]
+__all__ = [
+    "HIDDEN",
+    "hidden_code",
+    "user_namespace",
+    "solution_source",
+    "rerun",
+    "patched",
+    "isolated",
+    "run",
+    "differs",
+]
 
 
 def user_namespace() -> dict:
@@ -38,7 +48,9 @@ def user_namespace() -> dict:
 
     ip = get_ipython()
     if ip is None:
-        raise RuntimeError("hidden tests run inside a Jupyter kernel (nbgrader, otter-grader)")
+        raise RuntimeError(
+            "hidden tests run inside a Jupyter kernel (nbgrader, otter-grader)"
+        )
     return ip.user_ns
 
 
@@ -49,11 +61,16 @@ def solution_source(*patterns: str) -> str:
 
     ip = get_ipython()
     inputs = list(ip.user_ns.get("In") or ip.history_manager.input_hist_raw)
-    for src in reversed(inputs[:-1]):  # the last one is the cell running this test
+    for src in reversed(
+        inputs[:-1]
+    ):  # the last one is the cell running this test
         if all(re.search(p, src, re.M) for p in patterns):
             return src
-    raise AssertionError(f"hidden test: no executed cell matches {patterns}; keep the names and the given lines "
-                         "of the exercise's cell")
+    raise AssertionError(
+        f"hidden test: no executed cell matches {patterns}; keep the names "
+        "and the given lines "
+        "of the exercise's cell"
+    )
 
 
 def rerun(*patterns: str, drop: str | None = None, **fresh) -> dict:
@@ -64,11 +81,20 @@ def rerun(*patterns: str, drop: str | None = None, **fresh) -> dict:
 
     src = solution_source(*patterns)
     if drop:
-        src = "\n".join(line for line in src.splitlines() if not re.match(drop, line))
+        src = "\n".join(
+            line for line in src.splitlines() if not re.match(drop, line)
+        )
     ns = dict(user_namespace())
     ns.update(fresh)
-    code = get_ipython().transform_cell(src)  # IPython magics, as in the notebook
-    exec(compile(code, "<your solution cell, run again on fresh inputs>", "exec"), ns)
+    code = get_ipython().transform_cell(
+        src
+    )  # IPython magics, as in the notebook
+    exec(
+        compile(
+            code, "<your solution cell, run again on fresh inputs>", "exec"
+        ),
+        ns,
+    )
     return ns
 
 
@@ -95,10 +121,18 @@ def isolated():
     import numpy as np
     import torch
 
-    gens = [(g, g.get_state()) for g in list(user_namespace().values()) if isinstance(g, torch.Generator)]
+    gens = [
+        (g, g.get_state())
+        for g in list(user_namespace().values())
+        if isinstance(g, torch.Generator)
+    ]
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
-        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        cuda = (
+            list(range(torch.cuda.device_count()))
+            if torch.cuda.is_available()
+            else []
+        )
         with torch.random.fork_rng(devices=cuda):
             yield
     finally:
@@ -142,18 +176,26 @@ def differs(new, old, rtol: float = 1e-9) -> bool:
     a, b = _numbers(new), _numbers(old)
     if len(a) != len(b):
         return True
-    return any(not (math.isclose(x, y, rel_tol=rtol, abs_tol=1e-300) or (math.isnan(x) and math.isnan(y)))
-               for x, y in zip(a, b))
+    return any(
+        not (
+            math.isclose(x, y, rel_tol=rtol, abs_tol=1e-300)
+            or (math.isnan(x) and math.isnan(y))
+        )
+        for x, y in zip(a, b)
+    )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The registry: exercise label -> the body of its hidden test. The body runs inside a function defined in the
-# notebook's namespace, so it reads the chapter's names directly; ``ht`` is this module.
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
+# The registry: exercise label -> the body of its hidden test. The body runs
+# inside a function defined in the
+# notebook's namespace, so it reads the chapter's names directly; ``ht`` is
+# this module.
+# -----------------------------------------------------------------------------
 
 HIDDEN: dict[str, str] = {}
 
-# Chapter 1 ------------------------------------------------------------------------------------------------------
+# Chapter 1
+# -----------------------------------------------------------------------------
 HIDDEN["ch01-ex-kl-grad"] = """
 g = torch.Generator().manual_seed(1001)
 m, v = 3 * torch.randn(2, 4, 7, generator=g, dtype=torch.float64)
@@ -193,14 +235,17 @@ for b in (1.0, 4.0):
 assert t[4.0]["kl"] < t[1.0]["kl"] - 1 and t[4.0]["elbo"] < t[1.0]["elbo"]
 """
 
-# Chapter 2 ------------------------------------------------------------------------------------------------------
+# Chapter 2
+# -----------------------------------------------------------------------------
 _MIXTURES = """
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 def _mix(w, loc, scale):
     return MixtureSameFamily(Categorical(probs=w), Independent(Normal(loc, scale), 1))
 """
 
-HIDDEN["ch02-ex-equal-weights"] = _MIXTURES + """
+HIDDEN["ch02-ex-equal-weights"] = (
+    _MIXTURES
+    + """
 g = torch.Generator().manual_seed(2001)
 r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
 f2 = _mix(r(6, 5).softmax(-1), 2 * r(6, 5, 3), (0.4 * r(6, 5, 3)).exp())
@@ -211,8 +256,11 @@ ref = (f2.mixture_distribution.probs * kl).sum(-1)
 out = weighted_diagonal_kl(f2, g2)
 assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-10), "wrong on fresh mixtures (K = 5, d = 3)"
 """
+)
 
-HIDDEN["ch02-ex-permute"] = _MIXTURES + """
+HIDDEN["ch02-ex-permute"] = (
+    _MIXTURES
+    + """
 g = torch.Generator().manual_seed(2002)
 r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
 mix = _mix(r(4, 5).softmax(-1), 2 * r(4, 5, 2), (0.3 * r(4, 5, 2)).exp())
@@ -224,8 +272,11 @@ assert torch.allclose(co.loc, c.loc[..., perm, :]) and torch.allclose(co.scale, 
 x = 3 * r(20, 4, 2)
 assert torch.allclose(out.log_prob(x), mix.log_prob(x), atol=1e-10)
 """
+)
 
-HIDDEN["ch02-ex-mc-rate"] = _MIXTURES + """
+HIDDEN["ch02-ex-mc-rate"] = (
+    _MIXTURES
+    + """
 # the same question for another pair: the errors must follow this pair's standard deviation, not the chapter's
 f2 = _mix(torch.tensor([0.2, 0.8], dtype=torch.float64), torch.tensor([[-3.0], [1.0]], dtype=torch.float64),
           torch.tensor([[0.5], [1.5]], dtype=torch.float64))
@@ -241,10 +292,13 @@ assert len(err2) == len(sizes) == 3
 for n, e in zip(sizes, err2):
     expected = sd2 * math.sqrt(2 / (math.pi * n))     # E|N(0, sd^2 / n)|
     assert 0.65 * expected < float(e) < 1.5 * expected, (
-        f"n = {n}: mean |error| {float(e):.4f} on another pair, expected about {expected:.4f}")
+        f"n = {n}: mean |error| {float(e):.4f} on another pair, expected "
+        f"about {expected:.4f}")
 """
+)
 
-# Chapter 3 ------------------------------------------------------------------------------------------------------
+# Chapter 3
+# -----------------------------------------------------------------------------
 HIDDEN["ch03-ex-k2"] = """
 import numpy as np
 from scipy import integrate
@@ -294,7 +348,8 @@ for kl, (elbo, kl_cat) in info2.items():
 assert info2["relaxed_mc"][1] < info2["categorical"][1]
 """
 
-# Chapter 4 ------------------------------------------------------------------------------------------------------
+# Chapter 4
+# -----------------------------------------------------------------------------
 HIDDEN["ch04-ex-logitnormal"] = """
 from torch.distributions import Normal
 g = torch.Generator().manual_seed(4001)
@@ -333,7 +388,8 @@ got = torch.tensor([float(v) for v in kls2], dtype=gauss.dtype)
 assert torch.allclose(got, gauss, rtol=1e-5), "kls is not recomputed for another posterior"
 """
 
-# Chapter 5 ------------------------------------------------------------------------------------------------------
+# Chapter 5
+# -----------------------------------------------------------------------------
 HIDDEN["ch05-ex-cat-ratio"] = """
 for K in (4, 7, 25, 100):
     assert abs(float(cat_ratio_limit(K)) - (K + 1) / K**2) < 1e-9, f"wrong for K = {K}"
@@ -368,7 +424,8 @@ assert math.isfinite(r2["kl_d"]) and r2["kl_d"] > 0
 assert ht.differs(r2, kl_weight_run), "kl_weight_run did not change with the data: it must be the training log"
 """
 
-# Chapter 6 ------------------------------------------------------------------------------------------------------
+# Chapter 6
+# -----------------------------------------------------------------------------
 HIDDEN["ch06-ex-linear-kernel"] = """
 g = torch.Generator().manual_seed(6001)
 for n in (11, 3):
@@ -397,7 +454,8 @@ for h in (None, 2.0):
         assert abs(float(got[h][tau]) - ref) < 1e-9 * max(1.0, abs(ref)), f"wrong for another sample, h = {h}"
 """
 
-# Chapter 7 ------------------------------------------------------------------------------------------------------
+# Chapter 7
+# -----------------------------------------------------------------------------
 HIDDEN["ch07-ex-biased-mmd"] = """
 g = torch.Generator().manual_seed(7001)
 x = torch.randn(13, 2, generator=g, dtype=torch.float64)
@@ -417,7 +475,8 @@ assert ht.differs(m2, mmd_by_k), "mmd_by_k did not change with the data: it must
 assert m2[2] > m2[32] and m2[2] > 0.005, f"on 500 other data points: {m2}"
 """
 
-# Chapter 8 ------------------------------------------------------------------------------------------------------
+# Chapter 8
+# -----------------------------------------------------------------------------
 HIDDEN["ch08-ex-gamma"] = """
 for V, d, gamma in ((2.7, 3, 0.5), (0.9, 1, 2.0), (5.0, 4, 0.0), (1.3, 2, 7.0)):
     expected = V / (d * (1 + gamma))
@@ -457,7 +516,8 @@ assert max(a.abs().max().item() for a in gi) > 0, "the encoder's gradients are a
 assert ht.differs(gi, g_intro), "the gradients did not change with the data: they must be computed"
 """
 
-# Chapter 9 ------------------------------------------------------------------------------------------------------
+# Chapter 9
+# -----------------------------------------------------------------------------
 HIDDEN["ch09-ex-lstm-exact"] = """
 class Coins(torch.nn.Module):   # independent pixels with p(1) = a, p(0) = b: the total is (a + b)^(pixels)
     def __init__(self, a, b):
@@ -517,7 +577,8 @@ finally:
     gm_a.tau = saved[1]
 """
 
-# Appendix -------------------------------------------------------------------------------------------------------
+# Appendix
+# -----------------------------------------------------------------------------
 HIDDEN["app-kern-ex-uv"] = """
 g = torch.Generator().manual_seed(9001)
 x, s = torch.randn(2, 23, 4, generator=g, dtype=torch.float64)
@@ -566,10 +627,14 @@ def hidden_code(label: str) -> str:
     the notebook's namespace and run with the random state isolated. Raises ``KeyError`` for an unknown label."""
     body = textwrap.dedent(HIDDEN[label]).strip("\n")
     name = _function_name(label)
-    return (f"# Hidden test of {label} (vaebook.tooling.hidden_tests): the answer is recomputed on fresh inputs.\n"
-            f"def {name}():\n"
-            "    import math\n"
-            "    import torch\n"
-            "    import vaebook.tooling.hidden_tests as ht\n"
-            + textwrap.indent(body, "    ") + "\n"
-            f"__import__('vaebook.tooling.hidden_tests').tooling.hidden_tests.run({name})\n")
+    return (
+        f"# Hidden test of {label} (vaebook.tooling.hidden_tests): the answer "
+        "is recomputed on fresh inputs.\n"
+        f"def {name}():\n"
+        "    import math\n"
+        "    import torch\n"
+        "    import vaebook.tooling.hidden_tests as ht\n"
+        + textwrap.indent(body, "    ")
+        + "\n"
+        f"__import__('vaebook.tooling.hidden_tests').tooling.hidden_tests.run({name})\n"
+    )

@@ -20,18 +20,29 @@ arrives normally is returned at once, as before; a real timeout is still a timeo
 * :func:`patch_nbclient` makes every ``NotebookClient`` created afterwards harden its channels (the book build calls
   it from ``book/_ext/reliable_execution.py``, since MyST-NB creates its own clients).
 """
+
 from __future__ import annotations
 
 import functools
 import time
 from queue import Empty
 
-DEFAULT_INTERVAL = 0.5  # seconds: the longest a lost wake-up can delay a message
+DEFAULT_INTERVAL = (
+    0.5  # seconds: the longest a lost wake-up can delay a message
+)
 
-# Messages that were returned only when a slice ended: (almost always) lost wake-ups that a long wait would have missed.
+# Messages that were returned only when a slice ended: (almost always) lost
+# wake-ups that a long wait would have missed.
 stats = {"found_at_slice_end": 0}
 
-__all__ = ["DEFAULT_INTERVAL", "HardenedNotebookClient", "harden", "patch_nbclient", "sliced_get_msg", "stats"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "HardenedNotebookClient",
+    "harden",
+    "patch_nbclient",
+    "sliced_get_msg",
+    "stats",
+]
 
 
 def sliced_get_msg(get_msg, interval: float = DEFAULT_INTERVAL):
@@ -45,15 +56,29 @@ def sliced_get_msg(get_msg, interval: float = DEFAULT_INTERVAL):
 
     @functools.wraps(get_msg)
     async def wrapper(timeout: float | None = None):
-        deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+        deadline = (
+            None
+            if timeout is None
+            else time.monotonic() + max(0.0, float(timeout))
+        )
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            step = interval if remaining is None else max(0.0, min(interval, remaining))
+            remaining = (
+                None if deadline is None else deadline - time.monotonic()
+            )
+            step = (
+                interval
+                if remaining is None
+                else max(0.0, min(interval, remaining))
+            )
             started = time.monotonic()
             try:
                 msg = await get_msg(timeout=step)
                 if step > 0 and time.monotonic() - started >= step:
-                    stats["found_at_slice_end"] += 1  # most likely a lost wake-up, recovered after <= step s
+                    stats["found_at_slice_end"] += (
+                        # most likely a lost wake-up,
+                        # recovered after <= step s
+                        1
+                    )
                 return msg
             except Empty:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -105,13 +130,18 @@ def _client_class():
             kc = await super().async_start_new_kernel_client()
             return harden(kc, self.reply_poll_interval)
 
-        # nbclient binds the synchronous twin (used by ``setup_kernel``) to the base class's coroutine: rebind it.
+        # nbclient binds the synchronous twin (used by
+        # ``setup_kernel``) to the base class's coroutine: rebind it.
         start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     return HardenedNotebookClient
 
 
-def __getattr__(name):  # HardenedNotebookClient is built on first use: importing vaebook does not import nbclient
+def __getattr__(
+    name,
+    # HardenedNotebookClient is built on first use: importing vaebook does not
+    # import nbclient
+):
     if name == "HardenedNotebookClient":
         cls = _client_class()
         globals()[name] = cls
@@ -130,6 +160,10 @@ def patch_nbclient(interval: float = DEFAULT_INTERVAL) -> bool:
     original = NotebookClient.async_start_new_kernel_client
     if getattr(original, "__vaebook_sliced__", False):
         return False
-    NotebookClient.async_start_new_kernel_client = _hardened_start(original, interval)
-    NotebookClient.start_new_kernel_client = run_sync(NotebookClient.async_start_new_kernel_client)
+    NotebookClient.async_start_new_kernel_client = _hardened_start(
+        original, interval
+    )
+    NotebookClient.start_new_kernel_client = run_sync(
+        NotebookClient.async_start_new_kernel_client
+    )
     return True
