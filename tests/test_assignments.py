@@ -194,7 +194,7 @@ def test_score_executed_reads_errors_and_unrun_cells():
 # --- the exports for nbgrader and otter-grader (no chapter is executed here; tests/test_instructor_tools.py runs
 # --- the real tools) --------------------------------------------------------------------------------------------
 
-from vaebook import hidden_tests as H
+from vaebook.tooling import hidden_tests as H
 
 BOOK = A.book_chapters()
 

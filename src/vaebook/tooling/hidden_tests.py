@@ -74,21 +74,27 @@ def solution_source(*patterns: str) -> str:
 
 
 def rerun(*patterns: str, drop: str | None = None, **fresh) -> dict:
-    """Run the student's solution cell (:func:`solution_source`) again in a copy of the notebook's namespace in
-    which the names in ``fresh`` are replaced; lines matching the regex ``drop`` (given set-up lines that would
-    overwrite a fresh input) are left out. Returns the namespace after the run."""
+    """Run the student's solution cell (:func:`solution_source`) again in a
+    copy of the notebook's namespace in which the names in ``fresh`` are
+    replaced; the statements whose first line matches the regex ``drop``
+    (given set-up lines that would overwrite a fresh input; a statement may
+    span several lines) are left out. Returns the namespace after the run."""
+    import ast
+
     from IPython import get_ipython
 
-    src = solution_source(*patterns)
+    # IPython magics, as in the notebook
+    code = get_ipython().transform_cell(solution_source(*patterns))
     if drop:
-        src = "\n".join(
-            line for line in src.splitlines() if not re.match(drop, line)
-        )
+        lines = code.splitlines()
+        keep = [True] * len(lines)
+        for stmt in ast.parse(code).body:
+            if re.match(drop, lines[stmt.lineno - 1]):
+                for i in range(stmt.lineno - 1, stmt.end_lineno):
+                    keep[i] = False
+        code = "\n".join(line for line, k in zip(lines, keep) if k)
     ns = dict(user_namespace())
     ns.update(fresh)
-    code = get_ipython().transform_cell(
-        src
-    )  # IPython magics, as in the notebook
     exec(
         compile(
             code, "<your solution cell, run again on fresh inputs>", "exec"
