@@ -37,3 +37,21 @@ def pytest_configure(config):
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 pytest_plugins = ["_chapter_runs"]
+
+
+# Files that take minutes run first, so that `-n 2 --dist loadfile` (which keeps a file on one worker) does not end
+# with one of them running alone while the other worker idles. The order within a file is kept.
+LONG_FIRST = (
+    "tests/test_instructor_tools.py",
+    "tests/test_site.py",
+    "tests/test_colab.py",
+    "tests/test_assignments.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # a stable sort
