@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = [
+    "epoch_loader",
     "DataError",
     "load_mnist",
     "binarize_dynamic",
@@ -583,6 +584,42 @@ def mnist_loaders(
         TensorDataset(xte, yte), batch_size=batch_size, shuffle=False
     )
     return train, test
+
+
+def epoch_loader(
+    *tensors: torch.Tensor,
+    batch_size: int = 100,
+    seed: int = 0,
+    images_per_epoch: int | None = None,
+) -> DataLoader:
+    """A shuffled ``DataLoader`` over all of ``tensors`` whose "epoch" is ``images_per_epoch`` examples.
+
+    With ``images_per_epoch=None`` an epoch is one pass over the data. With ``images_per_epoch=n`` each epoch
+    draws ``n`` examples without replacement from the whole set (a fresh draw every epoch), so a training run
+    costs what ``n``-image epochs cost while every example of the full training set can be seen. The order is
+    fixed by ``seed`` (a ``torch.Generator``), so two loaders built alike yield the same batches.
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    if not tensors:
+        raise ValueError("epoch_loader needs at least one tensor")
+    n = tensors[0].shape[0]
+    if images_per_epoch is not None:
+        images_per_epoch = _positive_int("images_per_epoch", images_per_epoch)
+        if images_per_epoch > n:
+            raise ValueError(
+                f"images_per_epoch must be in [1, {n}] (the number of "
+                f"examples), got {images_per_epoch}"
+            )
+    gen = torch.Generator().manual_seed(int(seed))
+    ds = TensorDataset(*tensors)
+    if images_per_epoch is None:
+        return DataLoader(
+            ds, batch_size=batch_size, shuffle=True, generator=gen
+        )
+    sampler = torch.utils.data.RandomSampler(
+        ds, replacement=False, num_samples=images_per_epoch, generator=gen
+    )
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler)
 
 
 # -----------------------------------------------------------------------------

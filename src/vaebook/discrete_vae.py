@@ -531,6 +531,8 @@ RECIPE = dict(
     rate=1e-4,
     every=500,
     num_epochs=100,
+    # each epoch draws 10,000 of the 60,000 training images afresh
+    images_per_epoch=10_000,
     batch_size=100,
     lr=1e-3,
     lr_decay=0.9,
@@ -565,7 +567,7 @@ def train(
     """Train ``ch03_catvae`` on the MNIST training images (dynamic binarisation), evaluate it on the statically
     binarised test images (discrete ELBO on all of them, the ``eval_k``-sample bound on ``eval_num_test``), save
     it with :func:`vaebook.train.save_checkpoint` to ``out`` and return ``(model, meta)``."""
-    from .data import load_mnist
+    from .data import epoch_loader, load_mnist
     from .metrics import evaluate
     from .train import fit, save_checkpoint
 
@@ -576,11 +578,11 @@ def train(
     if num_train is not None:
         x_train = x_train[:num_train]
     x_test, _ = load_mnist("test", root=root, binarize="static")
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train),
+    loader = epoch_loader(
+        x_train,
         batch_size=r["batch_size"],
-        shuffle=True,
-        generator=torch.Generator().manual_seed(r["seed"]),
+        seed=r["seed"],
+        images_per_epoch=min(r["images_per_epoch"], len(x_train)),
     )
     model = build(**overrides)
     model.dec.init_bias(x_train)

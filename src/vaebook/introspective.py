@@ -1107,6 +1107,8 @@ MNIST_SETTING = {
     "batch_size": 128,
     "lr": 5e-4,
     "num_epochs": 10,
+    # an "epoch" is 10,000 images of a running permutation of all 60,000
+    "images_per_epoch": 10_000,
     "num_vae_epochs": 1,
     "seed": 0,
     "likelihood": "bernoulli",
@@ -1197,7 +1199,9 @@ def train_mnist(
             model.dec, "init_bias"
         ):  # Bernoulli decoder: output bias = the pixels' log-odds
             model.dec.init_bias(x_train)
-    per_epoch = math.ceil(len(x_train) / s["batch_size"])
+    per_epoch = math.ceil(
+        min(s["images_per_epoch"], len(x_train)) / s["batch_size"]
+    )
     hists, secs = {}, {}
     for kind, model in models.items():
         g = torch.Generator().manual_seed(s["seed"])

@@ -477,6 +477,9 @@ CONFIG = dict(
     num_particles=8,
     lam=1.0,
     num_epochs=150,
+    # each epoch draws 10,000 of the 60,000 training images afresh (the
+    # budget of ch01_vae50)
+    images_per_epoch=10_000,
     batch_size=100,
     lr=1e-3,
     lr_final=1e-4,
@@ -515,7 +518,7 @@ def train(
     """Train :func:`build` exactly like Chapter 1's ``ch01_vae50`` (same data, batches, Adam with the learning rate
     decaying from 1e-3 to 1e-4, epochs), evaluate it and save it to ``out`` with its metadata (history, bounds,
     latent consistency, wall time). Returns ``(model, meta)``. The smaller arguments are for smoke tests."""
-    from .data import load_mnist
+    from .data import epoch_loader, load_mnist
     from .metrics import evaluate
     from .train import fit, save_checkpoint
 
@@ -528,12 +531,11 @@ def train(
     if num_train is not None:
         x_train = x_train[:num_train]
     x_test, _ = load_mnist("test", binarize="static")
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train),
+    loader = epoch_loader(
+        x_train,
         batch_size=cfg["batch_size"],
-        shuffle=True,
-        generator=gen,
+        seed=cfg["seed"],
+        images_per_epoch=min(cfg["images_per_epoch"], len(x_train)),
     )
     model = build()
     model.dec.init_bias(x_train)

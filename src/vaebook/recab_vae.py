@@ -497,6 +497,8 @@ RECIPE = dict(
     rate=5e-4,
     every=100,
     num_epochs=10,
+    # an epoch draws 10,000 of the 60,000 training images afresh
+    images_per_epoch=10_000,
     batch_size=100,
     lr=1e-3,
     num_train=None,
@@ -539,6 +541,7 @@ def build(arm: str = "recab_fb", **overrides) -> ReCABVAE:
 
 
 def _train_one(arm, seed, x_train, r, progress):
+    from .data import epoch_loader
     from .train import fit
 
     torch.manual_seed(seed)
@@ -551,11 +554,11 @@ def _train_one(arm, seed, x_train, r, progress):
         },
     )
     model.dec.init_bias(x_train)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train),
+    loader = epoch_loader(
+        x_train,
         batch_size=r["batch_size"],
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        images_per_epoch=min(r["images_per_epoch"], len(x_train)),
     )
     hist = fit(
         model,

@@ -168,6 +168,51 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, or does not match the model."""
 
 
+def provenance() -> dict:
+    """Where a result came from: git commit (and whether the tree had uncommitted changes), the command line,
+    the date, torch and Python versions and torch's thread count. :func:`save_checkpoint` adds these to every
+    checkpoint's metadata (keys already given are kept)."""
+    import datetime
+    import platform
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    commit, dirty = None, None
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+        if commit:
+            dirty = bool(
+                subprocess.run(
+                    ["git", "-C", str(repo), "status", "--porcelain", "src"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.strip()
+            )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "argv": " ".join(sys.argv),
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def save_checkpoint(
     model: torch.nn.Module, path: str | os.PathLike, **meta
 ) -> Path:
@@ -178,6 +223,8 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for k, v in provenance().items():
+        meta.setdefault(k, v)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "meta": json.dumps(meta)}, path)
     return path

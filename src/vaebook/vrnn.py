@@ -899,7 +899,15 @@ TRAIN_SETTINGS = dict(
     tau_rate=1.5e-3,
     tau_min=0.5,
     num_test=None,
+    # each epoch draws 10,000 of the 60,000 training sequences (a fresh
+    # draw each epoch): the cost of a 10,000-image epoch, all the data
+    images_per_epoch=10_000,
 )
+
+
+def _per_epoch(n, available):
+    """``images_per_epoch`` capped at the training set (smoke runs use a few images)."""
+    return None if n is None or n >= available else n
 
 
 def build(name: str = "ch09_vrnn"):
@@ -931,7 +939,7 @@ def train(
     Adam, batch 128, lr 2e-3, gradient norm clipped at 10 *before* each step (``fit(grad_clip=...)``); the GM-VRNN
     (a) anneals ``tau = max(0.5, exp(-1.5e-3 * step))`` per step. ``overrides`` replace :data:`TRAIN_SETTINGS`.
     """
-    from .data import load_sequential_mnist
+    from .data import epoch_loader, load_sequential_mnist
     from .metrics import elbo as metrics_elbo
     from .metrics import evaluate
     from .train import fit, save_checkpoint
@@ -944,12 +952,11 @@ def train(
     x_test, _ = load_sequential_mnist("test", root=root, binarize="static")
     x_test = x_test[: s["num_test"]] if s["num_test"] else x_test
     model = build(name)
-    gen = torch.Generator().manual_seed(s["seed"])
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train),
+    loader = epoch_loader(
+        x_train,
         batch_size=s["batch_size"],
-        shuffle=True,
-        generator=gen,
+        seed=s["seed"],
+        images_per_epoch=_per_epoch(s["images_per_epoch"], len(x_train)),
     )
     if isinstance(model, GMVRNN) and model.variant == "gumbel":
         counter = {"step": 0}
