@@ -12,6 +12,9 @@ collector per file, so that ``--dist loadfile`` keeps them together on one worke
 ``book/chNN.ipynb::prints the same twice``
     The second execution, compared with the first after masking wall-clock timings only (see
     ``tests/_nbrun.py``). Skipped when the first execution failed (that failure is already reported).
+``book/chNN.ipynb::shows the shipped numbers``
+    For a chapter with rows on the results page (:data:`vaebook.results.ROWS`): each row's number, as the results
+    page formats it from the shipped checkpoint's stored evaluation, appears in the chapter's printed outputs.
 ``book/chNN.ipynb::reference earns full marks``
     The chapter's graded checks, scored by :func:`vaebook.tooling.assignments.score_executed` on the first execution: the
     reference solution must earn every point. (The student edition is graded in ``tests/test_assignments.py``.)
@@ -54,6 +57,15 @@ class ChapterFile(pytest.File):
         yield FirstRun.from_parent(self, name="runs")
         yield SecondRun.from_parent(self, name="prints the same twice")
         yield ReferenceGrade.from_parent(self, name="reference earns full marks")
+        if _result_rows(self.path):
+            yield ShowsShipped.from_parent(self, name="shows the shipped numbers")
+
+
+def _result_rows(path: Path) -> list:
+    """The rows of the results page (``vaebook.results.ROWS``) that belong to this chapter (``chNN_...``)."""
+    from vaebook import results
+
+    return [r for r in results.ROWS if path.name.startswith(r.chapter + "_")]
 
 
 class _ChapterItem(pytest.Item):
@@ -104,6 +116,22 @@ class SecondRun(_ChapterItem):
         report = _nbrun.compare(self.path.name, _nbrun.printed(first), _nbrun.printed(second))
         if report is not None:
             raise ChapterFailure("the two executions printed different outputs:\n\n" + report)
+
+
+class ShowsShipped(_ChapterItem):
+    def runtest(self):
+        from vaebook import results
+
+        text = "\n".join(
+            c["stdout"] + "\n" + "\n".join(v for r in c["results"] for v in r.values())
+            for c in _nbrun.printed(self._first())
+        )
+        chapter = _result_rows(self.path)[0].chapter
+        missing = [f"{r['result']}: {r['ours_text']}" for r in results.rows(chapter) if r["ours_text"] not in text]
+        if missing:
+            raise ChapterFailure(
+                f"{self.path.name} does not show these numbers of its shipped checkpoints (the results page does):\n"
+                + "\n".join(missing))
 
 
 class ReferenceGrade(_ChapterItem):

@@ -25,6 +25,7 @@ import torch
 __all__ = [
     "RECIPES",
     "Recipe",
+    "SMOKE",
     "build_model",
     "burda_stages",
     "train",
@@ -197,6 +198,14 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
         "metrics in the metadata",
         module="vaebook.introspective",
     ),
+    "ch08_toy2d_more": ExternalRecipe(
+        description="Chapter 8: IntroVAE (margin 8, the data set's betas) "
+        "and a small-variance VAE control (beta_rec 50, beta_kl 1) on the "
+        "four 2-D toys, 3 seeds each, in ch08_toy2d's setting",
+        module="vaebook.introspective",
+        build="build_more",
+        train="train_more",
+    ),
     "ch08_mnist": ExternalRecipe(
         description="Chapter 8: MLP VAE and Soft-IntroVAE (784-400-32, "
         "Bernoulli decoder) on the MNIST training subset",
@@ -221,6 +230,74 @@ def burda_stages(num_epochs: int) -> list[int]:
     for i in range(8):
         out += [i] * max(1, round(3**i * num_epochs / 3280))
     return out
+
+
+#: the arguments of :func:`train` for a smoke run of each recipe (seconds on
+#: a CPU): ``python -m vaebook.pretrained train NAME --smoke --out F``
+SMOKE: dict[str, dict] = {
+    "ch01_vae50": dict(
+        num_epochs=1,
+        num_train=500,
+        eval_k=5,
+        eval_num_test=50,
+        monitor_num_test=50,
+    ),
+    "ch01_vae50_burda": dict(
+        num_epochs=1,
+        num_train=300,
+        eval_k=5,
+        eval_num_test=50,
+        monitor_num_test=50,
+    ),
+    "ch02_clustering": dict(
+        num_epochs=1,
+        num_train=300,
+        num_test=200,
+        seeds=[0],
+        eval_k=4,
+        eval_num_test=20,
+    ),
+    "ch03_catvae": dict(
+        num_epochs=1, num_train=300, eval_k=5, eval_num_test=20
+    ),
+    "ch04_igr_vs_gs": dict(
+        num_epochs=1,
+        num_train=300,
+        num_test=200,
+        seeds=[0],
+        eval_k=4,
+        eval_k_num_test=20,
+    ),
+    "ch05_recab_vae": dict(
+        num_epochs=1,
+        arms=["recab"],
+        seeds=[0],
+        num_train=200,
+        num_test=300,
+        eval_k=2,
+        eval_num_test=20,
+    ),
+    "ch07_ldc": dict(num_epochs=1, num_train=200, eval_k=2, eval_num_test=20),
+    "ch08_toy2d": dict(num_epochs=20, eval_reference=False),
+    "ch08_toy2d_more": dict(num_epochs=20, eval_reference=False),
+    "ch08_mnist": dict(num_epochs=1, num_train=256),
+    **{
+        name: dict(
+            num_epochs=1,
+            num_train=128,
+            num_test=40,
+            eval_k=2,
+            eval_num_test=8,
+            monitor_num_test=8,
+        )
+        for name in (
+            "ch09_vrnn",
+            "ch09_gmvrnn_a",
+            "ch09_gmvrnn_b",
+            "ch09_lstm",
+        )
+    },
+}
 
 
 def checkpoint_path(name: str) -> Path:
@@ -412,6 +489,12 @@ def main(argv=None) -> int:
         help="override the recipe's epochs (smoke runs)",
     )
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny run (a few hundred images, one epoch, one seed) that "
+        "checks the command end to end in seconds; give --out",
+    )
     args = p.parse_args(argv)
     from .utils import get_device
 
@@ -420,14 +503,23 @@ def main(argv=None) -> int:
         for k, r in RECIPES.items():
             print(f"{k}: {r.description} ({r.num_epochs} epochs)")
         return 0
+    if args.smoke and args.out is None:
+        p.error("--smoke needs --out (it must not overwrite the shipped file)")
+    kwargs = dict(SMOKE[args.name]) if args.smoke else {}
+    if args.num_epochs is not None:
+        kwargs["num_epochs"] = args.num_epochs
     _, meta = train(
         args.name,
         out=args.out,
-        num_epochs=args.num_epochs,
         progress=not args.no_progress,
+        **kwargs,
     )
-    print(json.dumps(meta["eval"], indent=2))
-    print(f"trained in {meta['train_seconds']:.1f} s")
+    summary = meta.get("eval", meta.get("results"))
+    print(json.dumps(summary, indent=2))
+    seconds = meta.get("train_seconds", meta.get("seconds"))
+    print(
+        f"trained in {seconds:.1f} s; written to {args.out or checkpoint_path(args.name)}"
+    )
     return 0
 
 
