@@ -124,7 +124,9 @@ def test_tau_schedule_and_step_counter_roundtrip(tmp_path):
     assert int(m.step) == 6
     path = save_checkpoint(m, tmp_path / "m.pt", hello=1)
     m2 = small(tau=D.jang_schedule(rate=1e-2, every=2))
-    assert load_checkpoint(m2, path) == {"hello": 1}
+    meta = load_checkpoint(m2, path)
+    assert meta["hello"] == 1 and set(meta) == {"hello", "git_commit", "git_dirty", "argv", "saved_at", "torch",
+                                                 "python", "threads"}  # save_checkpoint adds the provenance
     assert int(m2.step) == 6 and m2.tau == m.tau == tau_schedule(6, rate=1e-2, every=2)
     assert small(tau=0.3).tau == 0.3
 

@@ -3461,7 +3461,9 @@ def test_checkpoint_roundtrip(latent, meta, seed):
         path = tr.save_checkpoint(a, Path(tmp) / "sub" / "m.pt", **meta)
         assert path.is_file()
         got = tr.load_checkpoint(b, path)
-        assert got == meta
+        prov = tr.provenance()  # save_checkpoint adds where the checkpoint came from, unless meta gives it
+        assert got == {**{k: v for k, v in got.items() if k in prov and k not in meta}, **meta}
+        assert set(got) == set(meta) | set(prov) and got["torch"] == (meta["torch"] if "torch" in meta else torch.__version__)
         assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
         with pytest.raises(tr.CheckpointError, match="architecture"):
             tr.load_checkpoint(md.VAE.mlp(latent + 1, (5,), IMG), path)
@@ -3556,3 +3558,88 @@ def test_pretrained_build_model(name):
     path = pt.checkpoint_path(name)
     assert path.name == f"{name}.pt" and path.parent.name == "checkpoints"
     _invalid("name", pt.build_model, name + "_x")
+
+
+# -----------------------------------------------------------------------------
+# Full-data training, the recipes of the results page, and the results rows
+# -----------------------------------------------------------------------------
+
+from vaebook import mixture_vae as mvae  # noqa: E402
+from vaebook import results as vres  # noqa: E402
+
+
+@covers("data.epoch_loader")
+@cfg(25)
+@given(st.integers(1, 300), st.integers(1, 64), st.integers(0, 2**31 - 1), st.data())
+def test_epoch_loader_draws_each_epoch_afresh_from_all_examples(n, batch_size, seed, data):
+    _count()
+    k = data.draw(st.one_of(st.none(), st.integers(1, n)))
+    x = torch.arange(n).float()[:, None]
+    loader = vd.epoch_loader(x, batch_size=batch_size, seed=seed, images_per_epoch=k)
+    epochs = [torch.cat([b[0] for b in loader])[:, 0].long() for _ in range(3)]
+    want = n if k is None else k
+    for e in epochs:  # k distinct examples per epoch, batches of at most batch_size
+        assert len(e) == want and len(e.unique()) == want and int(e.max()) < n
+    assert len(loader) == math.ceil(want / batch_size)
+    again = vd.epoch_loader(x, batch_size=batch_size, seed=seed, images_per_epoch=k)
+    assert torch.equal(torch.cat([b[0] for b in again])[:, 0].long(), epochs[0])  # the seed fixes the order
+    if k is not None and k < n and n >= 20:  # later epochs reach examples the first did not draw
+        assert len(torch.cat(epochs).unique()) > k
+    _invalid("images_per_epoch", vd.epoch_loader, x, images_per_epoch=n + 1)
+    _invalid("images_per_epoch", vd.epoch_loader, x, images_per_epoch=0)
+    _invalid("batch_size", vd.epoch_loader, x, batch_size=0)
+
+
+@covers("pretrained.burda_stages")
+@cfg(30)
+@given(st.integers(1, 5000))
+def test_burda_stages_keep_each_stage_and_its_share(num_epochs):
+    _count()
+    s = pt.burda_stages(num_epochs)
+    counts = [s.count(i) for i in range(8)]
+    assert s == sorted(s) and all(c >= 1 for c in counts)  # stages in order, none skipped
+    assert abs(len(s) - num_epochs) <= 8  # rounding, plus at least one epoch per stage
+    if num_epochs >= 3280:  # the paper's own length: 3^i passes exactly, scaled
+        assert all(abs(c - 3**i * num_epochs / 3280) <= 0.5 for i, c in enumerate(counts))
+    _invalid("num_epochs", pt.burda_stages, 0)
+
+
+@covers("igr_vae.build_arm", "igr_vae.train_comparison")
+def test_igr_comparison_smoke(tmp_path, mnist_test):
+    _count()
+    model, meta = igr_vae.train_comparison(out=tmp_path / "c.pt", num_epochs=1, progress=False, num_train=200,
+                                           num_test=100, seeds=[0], eval_k=2, eval_k_num_test=10)
+    assert set(meta["results"]) == {f"{a}/0" for a in igr_vae.COMPARISON["arms"]}
+    for r in meta["results"].values():
+        assert -600 < r["test_elbo"] < 0 and r["test_bound"] >= r["test_elbo"] - 5 * r["test_elbo_se"]
+    assert meta["paired_vs_gs_relaxed"]["GS (relaxed KL)/0"]["diff"] == 0.0
+    fresh = igr_vae.build_arm()
+    fresh.load_state_dict(model.state_dict())  # the saved model is the IGR-I arm
+    assert type(fresh.latent).__name__ == "IGRLatent"
+    _invalid("arm", igr_vae.build_arm, "IGR-X")
+
+
+@covers("mixture_vae.build_gmvae", "mixture_vae.train_clustering")
+def test_clustering_recipe_smoke(tmp_path, mnist_test):
+    _count()
+    model, meta = mvae.train_clustering(out=tmp_path / "g.pt", num_epochs=1, progress=False, num_train=300,
+                                        num_test=200, seeds=[0], eval_k=2, eval_num_test=10)
+    assert set(meta["results"]) == {"GMVAE/0", "VAE + k-means/0"}
+    for r in meta["results"].values():
+        assert 0.1 <= r["accuracy_hungarian"] <= r["accuracy_majority"] <= 1.0
+        assert 1 <= r["clusters_used"] <= 10 and math.isfinite(r["test_bound"])
+    assert isinstance(mvae.build_gmvae(), mvae.GMVAE) and mvae.build_gmvae().free_bits == 0.0
+
+
+@covers("results.Row", "results.fmt", "results.metadata", "results.rows", "results.table")
+def test_results_rows_read_the_checkpoints():
+    _count()
+    assert vres.fmt(86.756, 0.123) == "86.76 ± 0.12" and vres.fmt(19, None, 0) == "19"
+    rows = vres.rows()
+    assert len(rows) == len(vres.ROWS) and all(isinstance(r, vres.Row) for r in vres.ROWS)
+    for row, r in zip(vres.ROWS, rows):
+        meta = vres.metadata(row.checkpoint)
+        assert (r["ours"], r["se"]) == row.ours(meta)  # read from the stored evaluation, nothing else
+    text = vres.table("ch01").data
+    assert all(r["ours_text"] in text for r in vres.rows("ch01"))
+    assert "ch03" not in text and text.count("\n") == len(vres.rows("ch01")) + 1

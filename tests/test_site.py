@@ -489,3 +489,19 @@ def test_status_page_lists_every_chapter_within_budget(visits):
             f"{title}: {runtime} s is over the {limit:g} s budget"
     summary = v.page.text_content("main")
     assert "within the book's budget" in summary
+
+
+def test_results_page_shows_every_headline_number_from_the_checkpoints(visits):
+    """The results page is generated at build time from the checkpoints' metadata: every row of
+    vaebook.results, with our number as the chapters print it, beside the published one."""
+    from vaebook import results
+
+    v = visits["book/results"]
+    cells = v.page.eval_on_selector_all(
+        ".vaebook-results table tbody tr", "rs => rs.map(r => Array.from(r.cells).map(c => c.textContent.trim()))")
+    rows = results.rows()
+    assert len(cells) == len(rows), f"{len(cells)} table rows on the page for {len(rows)} results"
+    for shown, r in zip(cells, rows):
+        assert shown[1] == r["ours_text"] and shown[2] == r["published_text"], (shown, r["result"])
+    links = v.page.eval_on_selector_all(".vaebook-results a.reference.internal", "as => as.map(a => a.href)")
+    assert len({unquote(urlsplit(h).path).rsplit("/", 1)[-1] for h in links}) == len({r["chapter"] for r in rows})

@@ -49,7 +49,8 @@ def markdown() -> str:
             f"**{{doc}}`{doc}`**: checkpoints "
             + ", ".join(f"`{c}`" for c in ckpts)
             + (
-                " (trained at commit " + ", ".join(f"`{c}`" for c in commits)
+                " (trained at commit "
+                + ", ".join(f"`{c}`" for c in commits)
                 + ")"
                 if commits
                 else ""
