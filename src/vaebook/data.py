@@ -3,9 +3,9 @@
 * **MNIST** (Chapter 1 and every image chapter; Chapter 9 reads it row by row as a sequence).
   :func:`load_mnist` reads the four standard IDX files (gzipped or not). Where they live is looked up in a fixed
   order (see :func:`load_mnist`); on a machine with internet access the full official set is downloaded and
-  MD5-checked when nothing is found, unless ``VAEBOOK_OFFLINE=1``. Offline machines use a real 20,000-image subset
-  (the official 10k test set plus 10k training images) pointed at by ``$VAEBOOK_DATA``. Numbers obtained on the
-  subset are not comparable with published full-MNIST numbers without saying so.
+  MD5-checked when nothing is found, unless ``VAEBOOK_OFFLINE=1``; offline machines point ``$VAEBOOK_DATA`` at a
+  copy of the same official files. Every chapter and checkpoint trains on all 60,000 training images; a short run
+  uses :func:`epoch_loader`, whose epochs draw a fixed number of images afresh from the whole set.
 * **2-D toy data** (Chapter 8 Soft-IntroVAE, Chapter 6 SVGD): :func:`toy2d` samples ``"8gaussians"``,
   ``"2spirals"``, ``"checkerboard"`` and ``"rings"`` with exactly the rules of the Soft-IntroVAE 2-D code
   (the Soft-IntroVAE authors' 2-D code, ``taldatech/soft-intro-vae-pytorch``); :func:`toy2d_log_density` gives the closed-form

@@ -20,7 +20,7 @@ Two pieces, so that later chapters can swap one without touching the other:
   :class:`CategoricalLatent` with a Gaussian latent by overriding :meth:`CategoricalVAE.encode`,
   :meth:`CategoricalVAE.decode` and :meth:`CategoricalVAE.elbo`.
 
-The checkpoint ``ch03_catvae`` (20 variables x 10 classes on the MNIST subset) is produced by :func:`train`
+The checkpoint ``ch03_catvae`` (20 variables x 10 classes on all MNIST training images) is produced by :func:`train`
 (``python -m vaebook.discrete_vae``, or ``python -m vaebook.pretrained train ch03_catvae`` once registered).
 """
 

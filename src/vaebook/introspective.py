@@ -1098,7 +1098,7 @@ def train(
 # command: residual conv nets, z = 32,
 # : batch 128, lr 2e-4, beta_kl = beta_rec = 1, beta_neg = 256, 200 epochs
 # (the argparse default is 250), no
-#: warm-up (num_vae = 0); here MLPs on the 10k-image subset)
+#: warm-up (num_vae = 0); here MLPs, epochs of 10,000 of the 60,000 images)
 MNIST_SETTING = {
     "latent_dim": 32,
     "hidden": (400,),

@@ -208,7 +208,8 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
     ),
     "ch08_mnist": ExternalRecipe(
         description="Chapter 8: MLP VAE and Soft-IntroVAE (784-400-32, "
-        "Bernoulli decoder) on the MNIST training subset",
+        "Bernoulli decoder), 10 epochs of 10,000 images drawn from all "
+        "60,000",
         module="vaebook.introspective",
         build="build_mnist",
         train="train_mnist",
