@@ -704,7 +704,7 @@ def train(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        "command": "VAEBOOK_THREADS=1 python -m vaebook.recab_vae",
+        "command": "python -m vaebook.pretrained train ch05_recab_vae",
     }
     path = (
         Path(out)
