@@ -165,7 +165,8 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     path = save_checkpoint(vae, tmp_path / "m.pt", note="hello", epochs=3)
     other = tiny_vae()
     meta = load_checkpoint(other, path)
-    assert meta == {"note": "hello", "epochs": 3}
+    assert {k: meta[k] for k in ("note", "epochs")} == {"note": "hello", "epochs": 3}
+    assert meta["torch"] == torch.__version__ and "argv" in meta  # the provenance save_checkpoint adds
     for k, v in vae.state_dict().items():
         assert torch.equal(v, other.state_dict()[k])
     with pytest.raises(CheckpointError, match="does not match"):
