@@ -105,10 +105,10 @@ RECIPES: dict[str, Recipe | ExternalRecipe] = {
         description="Chapter 1: the same VAE in Burda et al.'s setting as "
         "far as a CPU allows: all 60,000 dynamically binarised training "
         "images per epoch, Adam (eps 1e-4), their 8-stage learning-rate "
-        "schedule compressed from 3,280 to 402 passes, batch 100 (theirs "
+        "schedule compressed from 3,280 to 152 passes, batch 100 (theirs "
         "20); test NLL by L_5000 on all 10,000 test images",
         latent_dim=50,
-        num_epochs=400,
+        num_epochs=150,
         schedule="burda",
         adam_eps=1e-4,
         eval_num_test=10_000,
